@@ -1,0 +1,46 @@
+"""leanlm: make transformer language models fast and cheap at inference, and prove it.
+
+Public verbs (the CLI exposes the same ones):
+    load, embed, finetune, quantize_, quantize, evaluate, benchmark, generate
+"""
+from __future__ import annotations
+
+import logging as _logging
+import os as _os
+import warnings as _warnings
+
+__version__ = "0.1.0"
+
+# torchao probes for CUDA-only extensions and torch warns about pytree enum registration on
+# import; neither is actionable for users of a CPU build, so keep the terminal clean.
+_os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)
+_warnings.filterwarnings("ignore", message=".*Enum subclass.*")
+
+_LAZY = {
+    "load": "leanlm.models.loading",
+    "embed": "leanlm.models.embed",
+    "LeanModel": "leanlm.artifact",
+    "quantize_": "leanlm.compress.quantize",
+    "quantize": "leanlm.compress.quantize",
+    "QuantContext": "leanlm.compress.quantize",
+    "finetune": "leanlm.train.finetune",
+    "FinetuneConfig": "leanlm.train.finetune",
+    "evaluate": "leanlm.bench.evaluate",
+    "benchmark": "leanlm.bench.measure",
+    "generate": "leanlm.generate",
+    "LeanlmError": "leanlm.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'leanlm' has no attribute {name!r}")

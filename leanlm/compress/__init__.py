@@ -1,0 +1,1 @@
+"""Compression families: quantize/ (one file per method); prune/, distill, lowrank plug in later."""
