@@ -81,7 +81,10 @@ def load(
         if not path.is_dir() or not (path / "config.json").exists():
             raise ArtifactError(f"{path} is not a model directory (no {RECORD_FILE} or config.json)")
         return _load_hf(path, task, str(path), labels, device)
-    if s.count("/") == 1 and not s.startswith((".", "/")):
+    looks_like_path = s.startswith((".", "/", "~")) or s.count("/") > 1 or os.sep + os.sep in s
+    if looks_like_path:
+        raise ArtifactError(f"model directory {path} does not exist")
+    if s.count("/") == 1:
         return _load_hf(s, task, s, labels, device)  # hub id: the real code path, works when online
     raise LeanlmError(did_you_mean(s, list(BUNDLED), "model") + " (or a model directory / hub id)")
 

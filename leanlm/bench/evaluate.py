@@ -1,0 +1,185 @@
+"""Task metrics: classification accuracy/F1, prediction agreement and embedding fidelity.
+
+Everything runs through `model(**batch)`, so it works the same for every backend (PyTorch eager,
+torch.compile, ONNX Runtime, OpenVINO). Causal-LM metrics (perplexity, KL divergence versus the
+float model) live in `leanlm.bench.lm`.
+
+Example:
+    >>> m = leanlm.load("runs/sentiment")
+    >>> leanlm.evaluate(m, "movie-snippets")["accuracy"]
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from leanlm.artifact import LeanModel
+from leanlm.errors import DataError, LeanlmError, UnsupportedError
+
+
+def _model(model: LeanModel | str) -> LeanModel:
+    if isinstance(model, LeanModel):
+        return model
+    from leanlm.models.loading import load
+
+    return load(model)
+
+
+def _test_split(data: Any, seed: int = 0) -> Any:
+    from leanlm.data import TextDataset, load_splits
+
+    if isinstance(data, str):
+        return load_splits(data, seed=seed).test
+    data = getattr(data, "test", data)  # Splits -> test split
+    if not isinstance(data, TextDataset):
+        raise DataError(f"evaluate needs a dataset name, Splits or TextDataset, got {type(data).__name__}")
+    return data
+
+
+def _check_batching(batch_size: int, max_length: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise LeanlmError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(max_length, int) or max_length < 1:
+        raise LeanlmError(f"max_length must be an integer >= 1, got {max_length!r}")
+
+
+@torch.inference_mode()
+def _predict(model: LeanModel, texts: Sequence[str], batch_size: int = 32, max_length: int = 128) -> list[int]:
+    """Argmax class ids in input order, fixed batching (deterministic)."""
+    if model.task != "sequence-classification":
+        raise UnsupportedError(f"predictions need a sequence-classification model; this one is {model.task}")
+    preds: list[int] = []
+    for i in range(0, len(texts), batch_size):
+        logits = model(**model.encode(list(texts[i : i + batch_size]), max_length=max_length))
+        preds.extend(logits.float().argmax(-1).tolist())
+    return preds
+
+
+def _label_map(model: LeanModel, label_names: Sequence[str]) -> list[int] | None:
+    """Map model class ids to dataset label ids (by name when the names match in another order)."""
+    labels = model.labels
+    if not labels:
+        return None
+    if len(labels) != len(label_names):
+        raise DataError(f"model has {len(labels)} labels {list(labels)} but the data has {len(label_names)} "
+                        f"{list(label_names)}")
+    if list(labels) != list(label_names) and set(labels) == set(label_names):
+        return [list(label_names).index(l) for l in labels]
+    return None
+
+
+def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> dict[str, Any]:
+    """accuracy, macro F1 (over classes seen in truth or predictions), n and the confusion matrix."""
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if len(t) == 0 or len(t) != len(p):
+        raise DataError(f"need equally many labels and predictions (got {len(t)} and {len(p)})")
+    k = max(num_labels, int(t.max()) + 1, int(p.max()) + 1)
+    conf = np.zeros((k, k), dtype=np.int64)
+    np.add.at(conf, (t, p), 1)
+    f1s = []
+    for c in range(k):
+        tp, fp, fn = conf[c, c], conf[:, c].sum() - conf[c, c], conf[c, :].sum() - conf[c, c]
+        if tp + fp + fn == 0:
+            continue  # class absent from truth and predictions
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return {"accuracy": float((t == p).mean()), "macro_f1": float(np.mean(f1s)), "n": int(len(t)),
+            "confusion": conf.tolist()}
+
+
+def evaluate_predictions(model: LeanModel, data: Any, preds: Sequence[int]) -> dict[str, Any]:
+    """Metrics of already computed predictions of `model` on dataset `data`."""
+    mapping = _label_map(model, data.label_names)
+    if mapping is not None:
+        preds = [mapping[i] for i in preds]
+    out = classification_metrics(data.labels, preds, len(data.label_names))
+    out["labels"] = list(data.label_names)
+    return out
+
+
+def evaluate(
+    model: LeanModel | str,
+    data: Any,
+    batch_size: int = 32,
+    max_length: int = 128,
+    limit: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Accuracy, macro F1 and the confusion matrix of a classifier on a dataset's test split.
+
+    Args:
+        model: a sequence-classification LeanModel (any backend) or a model directory.
+        data: a TextDataset, a Splits (its test split is used) or a dataset name/file
+            (its test split from `leanlm.data.load_splits(name, seed=seed)`).
+        batch_size: texts per forward pass.
+        max_length: truncate texts to this many tokens.
+        limit: evaluate only the first `limit` examples.
+        seed: split seed when `data` is a name.
+
+    Returns:
+        {"accuracy", "macro_f1", "n", "confusion" (rows = true label, columns = predicted), "labels"}.
+
+    Example:
+        >>> leanlm.evaluate("runs/sentiment", "movie-snippets")
+        {'accuracy': 0.83, 'macro_f1': 0.83, 'n': 1023, 'confusion': [[...], [...]], ...}
+    """
+    model = _model(model)
+    _check_batching(batch_size, max_length)
+    if model.task == "causal-lm":
+        raise UnsupportedError("evaluate covers classifiers; for causal-lm models use leanlm.bench.lm "
+                               "(perplexity, KL divergence versus the float model)")
+    if model.task != "sequence-classification":
+        raise UnsupportedError(f"evaluate needs a sequence-classification model; this one is {model.task} "
+                               "(for embeddings use leanlm.bench.evaluate.embedding_fidelity)")
+    test = _test_split(data, seed)
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise LeanlmError(f"limit must be an integer >= 1, got {limit!r}")
+        test = test.head(limit)
+    _label_map(model, test.label_names)  # fail on a label mismatch before running anything
+    preds = _predict(model, test.texts, batch_size, max_length)
+    return evaluate_predictions(model, test, preds)
+
+
+def agreement(reference: LeanModel, model: LeanModel, texts: Sequence[str], batch_size: int = 32,
+              max_length: int = 128) -> float:
+    """Fraction of `texts` on which two classifiers predict the same class.
+
+    Example:
+        >>> agreement(fp32, int8, splits.test.texts)
+        0.994
+    """
+    if not texts:
+        raise LeanlmError("agreement needs at least one text")
+    _check_batching(batch_size, max_length)
+    a = np.asarray(_predict(reference, texts, batch_size, max_length))
+    b = np.asarray(_predict(model, texts, batch_size, max_length))
+    return float((a == b).mean())
+
+
+def embedding_fidelity(reference: LeanModel, model: LeanModel, texts: Sequence[str], batch_size: int = 32,
+                       max_length: int = 128) -> dict[str, Any]:
+    """Cosine similarity between a float model's sentence embeddings and a compressed model's.
+
+    Embeddings are mean-pooled and L2-normalised (`leanlm.models.embed.embed`), row by row.
+
+    Returns:
+        {"mean_cosine", "min_cosine", "n"}.
+
+    Example:
+        >>> embedding_fidelity(fp32, int8, sentences)["mean_cosine"]
+        0.998
+    """
+    from leanlm.models.embed import embed
+
+    if not texts:
+        raise LeanlmError("embedding_fidelity needs at least one text")
+    _check_batching(batch_size, max_length)
+    a = embed(reference, list(texts), batch_size=batch_size, max_length=max_length)
+    b = embed(model, list(texts), batch_size=batch_size, max_length=max_length)
+    if a.shape != b.shape:
+        raise LeanlmError(f"embedding shapes differ: reference {a.shape} vs model {b.shape}")
+    cos = np.clip((a * b).sum(axis=1), -1.0, 1.0)
+    return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "n": int(len(cos))}

@@ -1,0 +1,629 @@
+"""One benchmark protocol for every model, backend and script of leanlm.
+
+Same inputs for every model (real sentences, padded/truncated to exactly `seq_len` tokens so
+shapes are fixed), warm-up first, latency at batch 1 (median and p99 over repeats), throughput at
+batch 32, threads set explicitly (default: all cores). All models of one `benchmark` call are
+timed in interleaved rounds (A B A B ...), so load drift on a shared machine hurts all of them
+alike; every speed claim is a ratio against the reference model measured in the same run. Peak
+memory is measured in a fresh child process per model directory (ru_maxrss), never in this one.
+
+Example:
+    >>> res = benchmark({"fp32": fp32, "int8": int8}, data="movie-snippets")
+    >>> res.print(); res.to_json("reports/bench.json")
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from leanlm.artifact import LeanModel, atomic_write_text, directory_size
+from leanlm.config import BaseConfig, check
+from leanlm.errors import LeanlmError
+
+THREADS_ENV = "LEANLM_THREADS"
+SCHEMA = "leanlm.bench/1"
+
+# Real sentences (movie reviews, news, questions, support requests) used when no dataset is given.
+SENTENCES = (
+    "A gorgeous, witty, seductive movie.",
+    "The plot is a mess and the acting is worse.",
+    "It's a charming and often affecting journey.",
+    "Dull, lifeless and far too long for what it has to say.",
+    "Stocks fell sharply after the company reported weaker than expected quarterly earnings.",
+    "The customer asked how to reset a forgotten password on the mobile app.",
+    "An utterly delightful film from start to finish, with a cast that clearly enjoyed every scene.",
+    "I wanted to walk out after twenty minutes.",
+    "What is the capital city of Australia?",
+    "Heavy rain is expected across the region on Thursday, with flooding possible near rivers.",
+    "The new library opened downtown last week and has already drawn thousands of visitors.",
+    "How many calories are in a cup of cooked rice?",
+    "Neither the script nor the direction rises above the level of a mediocre television episode.",
+    "Researchers found that the vaccine reduced hospital admissions by more than half.",
+    "My order arrived two weeks late and the box was damaged.",
+    "A thoughtful, beautifully photographed meditation on memory and loss.",
+    "Who wrote the novel Pride and Prejudice?",
+    "The council voted to extend the bike lane network by another twelve kilometres.",
+    "Funny in places, but the jokes wear thin long before the end.",
+    "Please cancel my subscription and refund the last payment.",
+    "The central bank left interest rates unchanged, citing uncertainty about inflation.",
+    "This is the kind of movie that reminds you why you fell in love with cinema.",
+    "When did the first person walk on the moon?",
+    "The battery life is excellent, but the screen scratches far too easily.",
+    "A tedious exercise in style over substance.",
+    "Engineers are still investigating what caused the power outage on Monday night.",
+    "The performances are strong, the story less so.",
+    "Can I change the delivery address after the order has shipped?",
+    "Scientists have mapped the genome of a plant that survives years without water.",
+    "Smart, sad and very funny, often all at once.",
+    "The museum's new exhibit traces three centuries of textile making in the valley.",
+    "Where can I find the settings for two-factor authentication?",
+)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class BenchConfig(BaseConfig):
+    """How to measure: shapes, repeats, threads, memory, evaluation size.
+
+    Args:
+        seq_len: tokens per input (inputs are padded/truncated to exactly this length).
+        latency_batch: batch size of the latency measurement.
+        throughput_batch: batch size of the throughput measurement.
+        warmup: untimed calls per shape and model before timing.
+        repeats: timed latency calls per model (p50/p99 over them).
+        throughput_repeats: timed throughput calls per model (median).
+        threads: intra-op threads (None = all usable cores).
+        memory: measure peak RSS in a child process per model.
+        eval_limit: evaluate accuracy on at most this many test examples (None = all).
+        eval_batch_size: batch size for accuracy and fidelity passes.
+        fidelity_texts: texts for embedding fidelity (feature-extraction models).
+
+    Example:
+        >>> BenchConfig(repeats=10, threads=2)
+    """
+
+    seq_len: int = 128
+    latency_batch: int = 1
+    throughput_batch: int = 32
+    warmup: int = 3
+    repeats: int = 20
+    throughput_repeats: int = 5
+    threads: int | None = None
+    memory: bool = True
+    eval_limit: int | None = None
+    eval_batch_size: int = 32
+    fidelity_texts: int = 256
+
+    def validate(self) -> None:
+        for name, low in (("seq_len", 1), ("latency_batch", 1), ("throughput_batch", 1), ("warmup", 0),
+                          ("repeats", 1), ("throughput_repeats", 1), ("eval_batch_size", 1), ("fidelity_texts", 1)):
+            v = getattr(self, name)
+            check(_is_int(v) and v >= low, f"bench: {name} must be an integer >= {low}, got {v!r}")
+        check(self.seq_len <= 32768, f"bench: seq_len {self.seq_len} is too large")
+        cores = usable_cores()
+        check(self.threads is None or (_is_int(self.threads) and 1 <= self.threads <= cores),
+              f"bench: threads must be between 1 and {cores} (usable cores), got {self.threads!r}")
+        check(self.eval_limit is None or (_is_int(self.eval_limit) and self.eval_limit >= 1),
+              f"bench: eval_limit must be None or an integer >= 1, got {self.eval_limit!r}")
+        check(isinstance(self.memory, bool), f"bench: memory must be true or false, got {self.memory!r}")
+
+
+# ----------------------------------------------------------------------------- threads, machine
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads and LEANLM_THREADS (read by the ORT/OpenVINO runners)."""
+    n = int(n or usable_cores())
+    torch.set_num_threads(n)
+    os.environ[THREADS_ENV] = str(n)
+    return n
+
+
+def current_threads() -> int:
+    """Threads a runner should use: LEANLM_THREADS if set, else torch's current setting."""
+    try:
+        n = int(os.environ.get(THREADS_ENV, ""))
+        if n >= 1:
+            return n
+    except ValueError:
+        pass
+    return torch.get_num_threads()
+
+
+_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, instruction-set flags, memory, library versions, threads, load."""
+    cpu, flags, mem_gb = platform.processor() or platform.machine(), set(), None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu in ("", platform.machine(), platform.processor()):
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    versions = {d: _version(d) for d in ("leanlm", "torch", "transformers", "torchao", "onnxruntime", "openvino")}
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable_cores(),
+        "flags": {f: f in flags for f in _FLAGS}, "memory_gb": mem_gb,
+        "platform": platform.platform(), "python": platform.python_version(),
+        "versions": {k: v for k, v in versions.items() if v}, "threads": current_threads(),
+        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+
+
+# ----------------------------------------------------------------------------- inputs and timing
+
+def bench_texts(data: Any = None, n: int = 64) -> list[str]:
+    """Real sentences for timing: the first `n` texts of `data` (a TextDataset) or the built-in list."""
+    texts = list(getattr(data, "texts", None) or SENTENCES)[:n]
+    return texts or list(SENTENCES)
+
+
+def fixed_batch(model: LeanModel, texts: Sequence[str], batch: int, seq_len: int) -> dict[str, torch.Tensor]:
+    """`batch` texts (cycled) tokenized to exactly (batch, seq_len) tokens."""
+    if seq_len > model.max_length:
+        raise LeanlmError(f"seq_len {seq_len} exceeds the model's maximum length {model.max_length}")
+    chosen = [texts[i % len(texts)] for i in range(batch)]
+    return model.encode(chosen, max_length=seq_len, padding="max_length")
+
+
+def _percentile(xs: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs, dtype=np.float64), q))
+
+
+def _time_call(model: LeanModel, batch: dict[str, torch.Tensor]) -> float:
+    t0 = time.perf_counter()
+    model(**batch)
+    return time.perf_counter() - t0
+
+
+def _speed(models: Sequence[LeanModel], config: BenchConfig, texts: Sequence[str], tick: Any = None) -> list[dict]:
+    """Time all models in interleaved rounds; one dict of speed figures per model."""
+    tick = tick or (lambda *_: None)
+    lat_in = [fixed_batch(m, texts, config.latency_batch, config.seq_len) for m in models]
+    tp_in = [fixed_batch(m, texts, config.throughput_batch, config.seq_len) for m in models]
+    first = []
+    for m, a, b in zip(models, lat_in, tp_in):
+        first.append(_time_call(m, a) + _time_call(m, b))  # first calls may build caches
+        for _ in range(config.warmup):
+            m(**a)
+            m(**b)
+        tick("warm-up")
+    lat: list[list[float]] = [[] for _ in models]
+    tp: list[list[float]] = [[] for _ in models]
+    for _ in range(config.repeats):
+        for i, m in enumerate(models):
+            lat[i].append(_time_call(m, lat_in[i]))
+        tick("latency")
+    for _ in range(config.throughput_repeats):
+        for i, m in enumerate(models):
+            tp[i].append(_time_call(m, tp_in[i]))
+        tick("throughput")
+    out = []
+    for i in range(len(models)):
+        med = float(np.median(tp[i]))
+        out.append({
+            "latency_ms_p50": 1e3 * _percentile(lat[i], 50), "latency_ms_p99": 1e3 * _percentile(lat[i], 99),
+            "throughput_seq_s": config.throughput_batch / med, "throughput_ms_p50": 1e3 * med,
+            "throughput_spread_pct": 100 * (max(tp[i]) - min(tp[i])) / med, "first_call_s": first[i],
+        })
+    return out
+
+
+def measure_speed(model: LeanModel, config: BenchConfig = BenchConfig(), texts: Sequence[str] | None = None) -> dict:
+    """Latency (p50/p99 at latency_batch x seq_len) and throughput (throughput_batch x seq_len) of one model.
+
+    Args:
+        model: any LeanModel (any backend; compiled models should be compiled already).
+        config: shapes, repeats and threads.
+        texts: real sentences to tokenize (default: the built-in list).
+
+    Example:
+        >>> measure_speed(leanlm.load("minilm-l6"), BenchConfig(repeats=10))["throughput_seq_s"]
+    """
+    before = torch.get_num_threads()
+    set_threads(config.threads)
+    try:
+        return _speed([model], config, list(texts or SENTENCES))[0]
+    finally:
+        torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- sizes and memory
+
+def _tensor_bytes(t: torch.Tensor, seen: set) -> int:
+    """Storage bytes of a tensor, looking inside tensor subclasses (torchao int8 data + scales)."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        try:
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        except (RuntimeError, NotImplementedError):
+            key = id(t)
+        if key in seen:
+            return 0
+        seen.add(key)
+        return t.numel() * t.element_size()
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(_tensor_bytes(getattr(t, n), seen) for n in names if isinstance(getattr(t, n), torch.Tensor))
+    return t.numel() * t.element_size()
+
+
+def weight_stats(model: LeanModel) -> tuple[int | None, int | None]:
+    """(weight bytes in memory, parameter count) of a PyTorch module; (None, None) for other backends."""
+    if not isinstance(model.module, torch.nn.Module):
+        return None, None
+    seen: set = set()
+    nbytes = sum(_tensor_bytes(t, seen) for t in model.module.state_dict().values() if isinstance(t, torch.Tensor))
+    params = sum(p.numel() for p in dict(model.module.named_parameters()).values())
+    return int(nbytes), int(params)
+
+
+# ----------------------------------------------------------------------------- results
+
+ROW_FIELDS = (
+    "name", "base_model", "task", "backend", "runtime", "techniques",
+    "seq_len", "latency_batch", "throughput_batch", "threads",
+    "latency_ms_p50", "latency_ms_p99", "throughput_seq_s", "throughput_ms_p50", "throughput_spread_pct",
+    "compile_s", "artifact_bytes", "weight_bytes", "params", "peak_rss_mb", "model_rss_mb",
+    "accuracy", "macro_f1", "eval_n", "agreement", "embedding_mean_cosine", "embedding_min_cosine",
+    "perplexity", "kl_divergence",
+    "throughput_ratio", "latency_ratio", "size_ratio", "accuracy_delta_pts",
+    "notes",
+)
+# Ratios are always (this model) / (reference model), measured in the same run:
+# throughput_ratio > 1 and latency_ratio < 1 mean faster; size_ratio < 1 means smaller.
+
+
+@dataclass
+class BenchResult:
+    """Rows (one per model, fixed schema `ROW_FIELDS`), the machine, the config and the data used."""
+
+    rows: list[dict[str, Any]]
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    reference: str
+    data: dict[str, Any] | None = None
+    created: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def row(self, name: str) -> dict[str, Any]:
+        for r in self.rows:
+            if r["name"] == name:
+                return r
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "created": self.created, "reference": self.reference, "data": self.data,
+                "config": self.config, "machine": self.machine, "notes": list(self.notes),
+                "rows": [{k: r.get(k) for k in ROW_FIELDS} for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BenchResult":
+        if d.get("schema") != SCHEMA:
+            raise LeanlmError(f"not a leanlm benchmark result (schema {d.get('schema')!r}, expected {SCHEMA})")
+        return cls(rows=d["rows"], machine=d["machine"], config=d["config"], reference=d["reference"],
+                   data=d.get("data"), created=d.get("created", ""), notes=d.get("notes", []))
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return Path(path)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "BenchResult":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, KeyError) as e:
+            raise LeanlmError(f"cannot read benchmark result {path}: {e}") from None
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Column headers and formatted cells; columns with no values in any row are left out."""
+        from leanlm.bench.report import table
+
+        return table(self)
+
+    def markdown(self) -> str:
+        head, cells = self.table()
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
+        return "\n".join(lines)
+
+    def print(self, console: Any = None) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        head, cells = self.table()
+        t = Table(*head, title=f"leanlm benchmark (reference: {self.reference})")
+        for row in cells:
+            t.add_row(*row)
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # logs and captured output: don't squeeze the table into 80 columns
+                console = Console(width=200)
+        console.print(t)
+        m = self.machine
+        flags = ", ".join(f for f, on in m.get("flags", {}).items() if on)
+        console.print(f"{m.get('cpu')} | {m.get('usable_cores')} cores | threads {m.get('threads')} | {flags} | "
+                      f"load {m.get('loadavg_1m')}")
+        for n in self.notes:
+            console.print(f"note: {n}")
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+def _resolve(value: Any) -> tuple[LeanModel, Path | None]:
+    """A LeanModel and, when it was given as a path, the directory it came from."""
+    from leanlm.models.loading import load
+
+    if isinstance(value, LeanModel):
+        return value, None
+    model = load(value)
+    p = Path(str(value)).expanduser()
+    return model, (p if (p / "leanlm.json").exists() else None)
+
+
+def _derive_names(models: Sequence[Any]) -> list[str]:
+    names = []
+    for v in models:
+        if isinstance(v, LeanModel):
+            techs = "+".join(t.get("type", "?") for t in v.record.techniques) or "float"
+            base = v.path.name if v.path else f"{v.record.base_model} {techs}"
+            rt = (v.record.extra.get("runtime") or {}).get("name")
+            n = f"{base} ({'compiled' if rt == 'torch.compile' else v.backend})" if (rt or v.backend != "torch") else base
+        else:
+            n = Path(str(v)).name or str(v)
+        k, cand = 2, n
+        while cand in names:
+            cand, k = f"{n} #{k}", k + 1
+        names.append(cand)
+    return names
+
+
+def _runtime(model: LeanModel) -> tuple[str, float | None, str | None]:
+    """(runtime label, compile seconds, compile mode) of a model."""
+    from leanlm.runtime.torch_compile import is_compiled
+
+    if is_compiled(model):
+        return f"torch.compile ({model.runner.mode})", model.runner.compile_s, model.runner.mode
+    return ("eager" if model.backend == "torch" else model.backend), None, None
+
+
+def _dataset(data: Any) -> Any:
+    if data is None:
+        return None
+    if isinstance(data, str):
+        from leanlm.data import load_splits
+
+        return load_splits(data, seed=0).test
+    return getattr(data, "test", data)  # Splits -> its test split
+
+
+def _lm_quality(reference: LeanModel, model: LeanModel, config: BenchConfig) -> dict[str, Any]:
+    """Hook for causal-lm quality (perplexity, KL divergence vs the reference): see leanlm.bench.lm."""
+    return {}
+
+
+def benchmark(
+    models: Mapping[str, Any] | Sequence[Any],
+    data: Any = None,
+    config: BenchConfig = BenchConfig(),
+    reference: str | None = None,
+    progress: bool = True,
+) -> BenchResult:
+    """Measure several models side by side in one run: speed, size, memory, accuracy or fidelity.
+
+    Args:
+        models: name -> LeanModel | model directory | bundled name, or a list of them (names derived).
+            Runtime variants are separate entries built by the caller (e.g. `compile_model(m)`).
+        data: dataset name, Splits or TextDataset; its test split gives accuracy for classifiers
+            and the sentences for fidelity and timing.
+        config: the measurement protocol (BenchConfig).
+        reference: name of the baseline row for ratios (default: the first model).
+        progress: show a progress bar on stderr.
+
+    Example:
+        >>> res = benchmark({"fp32": m, "int8 (compiled)": compile_model(quantize(m, Int8Dynamic()))})
+        >>> res.row("int8 (compiled)")["throughput_ratio"]
+    """
+    from leanlm.bench.evaluate import _label_map, _predict, embedding_fidelity, evaluate_predictions
+    from leanlm.bench._child import peak_memory
+    from leanlm.models.loading import quiet_transformers
+
+    items = list(models.items()) if isinstance(models, Mapping) else list(zip(_derive_names(list(models)), models))
+    if not items:
+        raise LeanlmError("benchmark needs at least one model")
+    names = [str(n) for n, _ in items]
+    if len(set(names)) != len(names):
+        raise LeanlmError(f"benchmark model names must be unique: {names}")
+    reference = reference if reference is not None else names[0]
+    if reference not in names:
+        raise LeanlmError(f"reference {reference!r} is not one of the models: {', '.join(names)}")
+    test = _dataset(data)
+    before_threads = torch.get_num_threads()
+    threads = set_threads(config.threads)
+    machine = machine_info()
+    tmp = Path(tempfile.mkdtemp(prefix="leanlm-bench-"))
+    bar = _Progress(progress)
+    try:
+        bar.start("loading", len(items))
+        loaded, dirs = [], []
+        for name, value in items:
+            m, d = _resolve(value)
+            if d is None:  # size and memory need a directory; save a copy so the caller's model is untouched
+                with quiet_transformers():
+                    d = LeanModel(m.module, m.tokenizer, copy.deepcopy(m.record), m.runner).save(tmp / f"m{len(dirs)}")
+            loaded.append(m)
+            dirs.append(d)
+            bar.advance()
+        rows = []
+        for name, m, d in zip(names, loaded, dirs):
+            rt, compile_s, _ = _runtime(m)
+            wbytes, params = weight_stats(m)
+            rows.append({k: None for k in ROW_FIELDS} | {
+                "name": name, "base_model": m.record.base_model, "task": m.task, "backend": m.backend,
+                "runtime": rt, "techniques": [t.get("type") for t in m.record.techniques],
+                "seq_len": config.seq_len, "latency_batch": config.latency_batch,
+                "throughput_batch": config.throughput_batch, "threads": threads, "compile_s": compile_s,
+                "artifact_bytes": directory_size(d), "weight_bytes": wbytes, "params": params, "notes": []})
+            if compile_s is not None and m.runner.threads != threads:
+                rows[-1]["notes"].append(f"compiled for {m.runner.threads} threads, run with {threads}")
+
+        texts = bench_texts(test, n=max(64, config.throughput_batch))
+        bar.start("timing", len(loaded) + config.repeats + config.throughput_repeats)
+        for row, s in zip(rows, _speed(loaded, config, texts, tick=lambda *_: bar.advance())):
+            row.update({k: v for k, v in s.items() if k in ROW_FIELDS})
+
+        ref_i = names.index(reference)
+        ref_m = loaded[ref_i]
+        bar.start("quality", len(loaded))
+        preds: list[list[int] | None] = [None] * len(loaded)
+        for i, (row, m) in enumerate(zip(rows, loaded)):
+            if m.task == "sequence-classification" and test is not None:
+                ds = test.head(config.eval_limit) if config.eval_limit else test
+                try:
+                    _label_map(m, ds.label_names)
+                    preds[i] = _predict(m, ds.texts, config.eval_batch_size, config.seq_len)
+                    met = evaluate_predictions(m, ds, preds[i])
+                    row.update(accuracy=met["accuracy"], macro_f1=met["macro_f1"], eval_n=met["n"])
+                except LeanlmError as e:
+                    row["notes"].append(f"accuracy: {e}")
+            elif m.task == "feature-extraction" and ref_m.task != "causal-lm":
+                fid_texts = bench_texts(test, n=config.fidelity_texts)
+                try:
+                    fid = embedding_fidelity(ref_m, m, fid_texts, batch_size=config.eval_batch_size,
+                                             max_length=config.seq_len)
+                    row.update(embedding_mean_cosine=fid["mean_cosine"], embedding_min_cosine=fid["min_cosine"])
+                except LeanlmError as e:
+                    row["notes"].append(f"fidelity: {e}")
+            elif m.task == "causal-lm" and ref_m.task == "causal-lm":
+                row.update(_lm_quality(ref_m, m, config))
+            bar.advance()
+        for i, row in enumerate(rows):
+            if preds[i] is not None and preds[ref_i] is not None and len(preds[i]) == len(preds[ref_i]):
+                row["agreement"] = float(np.mean(np.asarray(preds[i]) == np.asarray(preds[ref_i])))
+
+        if config.memory:  # one fresh process per model; they run side by side (RSS is per process)
+            from concurrent.futures import ThreadPoolExecutor
+
+            bar.start("memory", len(loaded))
+            with ThreadPoolExecutor(max_workers=min(len(loaded), usable_cores())) as pool:
+                jobs = [pool.submit(peak_memory, d, config, _runtime(m)[2]) for m, d in zip(loaded, dirs)]
+                for row, job in zip(rows, jobs):
+                    mem = job.result()
+                    if "error" in mem:
+                        row["notes"].append(mem["error"])
+                    else:
+                        row.update(peak_rss_mb=mem["peak_rss_mb"], model_rss_mb=mem["model_rss_mb"])
+                    bar.advance()
+        _ratios(rows, ref_i)
+    finally:
+        bar.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        torch.set_num_threads(before_threads)
+    machine["loadavg_1m_end"] = machine_info()["loadavg_1m"]
+    data_info = None
+    if test is not None:
+        data_info = {"name": getattr(test, "name", str(data)), "n": len(test),
+                     "evaluated": min(len(test), config.eval_limit or len(test))}
+    return BenchResult(rows=rows, machine=machine, config=config.to_dict() | {"threads": threads},
+                       reference=reference, data=data_info,
+                       created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+def _ratios(rows: list[dict], ref_i: int) -> None:
+    ref = rows[ref_i]
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return float(a) / float(b) if a is not None and b and math.isfinite(b) else None
+
+    for r in rows:
+        r["throughput_ratio"] = ratio(r["throughput_seq_s"], ref["throughput_seq_s"])
+        r["latency_ratio"] = ratio(r["latency_ms_p50"], ref["latency_ms_p50"])
+        r["size_ratio"] = ratio(r["artifact_bytes"], ref["artifact_bytes"])
+        if r["accuracy"] is not None and ref["accuracy"] is not None:
+            r["accuracy_delta_pts"] = 100.0 * (r["accuracy"] - ref["accuracy"])
+
+
+class _Progress:
+    """A rich progress bar on stderr (or nothing)."""
+
+    def __init__(self, enabled: bool):
+        self.p = None
+        self.task = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                              TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self.p.start()
+
+    def start(self, what: str, total: int) -> None:
+        if self.p is not None:
+            if self.task is not None:
+                self.p.remove_task(self.task)
+            self.task = self.p.add_task(f"bench: {what}", total=total)
+
+    def advance(self) -> None:
+        if self.p is not None and self.task is not None:
+            self.p.advance(self.task)
+
+    def stop(self) -> None:
+        if self.p is not None:
+            self.p.stop()
+
+
+def record_metrics(model: LeanModel, row: dict[str, Any], machine: dict[str, Any] | None = None) -> LeanModel:
+    """Put a benchmark row (and the machine it ran on) into `model.record.metrics` for saving.
+
+    Example:
+        >>> record_metrics(m, res.row("int8"), res.machine); m.save("runs/int8-measured")
+    """
+    metrics = model.record.metrics
+    for key in ("accuracy", "macro_f1"):
+        if row.get(key) is not None:
+            metrics[key] = row[key]
+    speed = {k: row.get(k) for k in ROW_FIELDS if k not in ("name", "base_model", "task", "techniques", "notes")}
+    metrics["bench"] = {"name": row.get("name"), **{k: v for k, v in speed.items() if v is not None},
+                        "machine": machine or machine_info(),
+                        "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    return model

@@ -1,0 +1,104 @@
+"""CLI: `leanlm generate` (text generation) and `leanlm eval-lm` (perplexity, KLD vs a reference)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_cmd)
+    app.command("eval-lm")(eval_lm_cmd)
+
+
+def _load(model: str, device: str):
+    from leanlm.models.loading import load
+    from leanlm.runtime.device import pick_device, to_device
+
+    pick_device(device)  # fail fast on a bad --device, before loading weights
+    return to_device(load(model, task="causal-lm"), device)
+
+
+def generate_cmd(
+    model: str = typer.Argument(..., help="Bundled decoder (smollm2-135m) or model directory."),
+    prompt: str = typer.Argument(..., help="Text to continue (or the user message with --chat)."),
+    max_new_tokens: int = typer.Option(128, help="Stop after this many new tokens."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
+    top_k: int = typer.Option(0, help="Sample only from the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1.0 = off)."),
+    repetition_penalty: float = typer.Option(1.0, help="> 1 discourages repeats (1.0 = off)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for sampling."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop string (repeatable)."),
+    chat: bool = typer.Option(False, "--chat/--no-chat", help="Wrap the prompt in the model's chat template."),
+    system: Optional[str] = typer.Option(None, help="System message (with --chat)."),
+    fast: bool = typer.Option(False, "--fast/--no-fast", help="Fast decoder: static cache + compiled step."),
+    compile: bool = typer.Option(True, "--compile/--no-compile", help="With --fast: compile the decode step."),
+    dtype: str = typer.Option("auto", help="Fast decoder dtype: auto, float32, bfloat16, float16."),
+    weights: str = typer.Option("auto", help="Fast decoder weights: auto, int8, int4."),
+    device: str = typer.Option("auto", help="auto (GPU if available), cpu or cuda."),
+    stream: bool = typer.Option(False, "--stream/--no-stream", help="Print tokens as they are generated."),
+    stats: bool = typer.Option(False, "--stats", help="Print prefill/decode timings to stderr."),
+) -> None:
+    """Generate text with a causal LM (greedy or sampled; chat template with --chat)."""
+    from leanlm.generate import GenerationConfig, generate_result, generate_stream
+
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()), chat=chat,
+                           system=system, fast=fast, compile=compile, dtype=dtype, weights=weights)
+    lm = _load(model, device)
+    if stream:
+        for chunk in generate_stream(lm, prompt, cfg):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    result = generate_result(lm, prompt, cfg)
+    typer.echo(result.text)
+    if stats:
+        typer.echo(f"prompt {result.prompt_tokens} tokens, generated {result.new_tokens} ({result.finish_reason}); "
+                   f"prefill {result.prefill_s * 1e3:.1f} ms, decode {result.decode_ms_per_token:.2f} ms/token",
+                   err=True)
+
+
+def eval_lm_cmd(
+    model: str = typer.Argument(..., help="Causal LM to evaluate (bundled name or model directory)."),
+    reference: Optional[str] = typer.Option(None, help="Reference model (e.g. the float original) for KLD/top-1."),
+    tokens: int = typer.Option(4096, help="Tokens of WikiText-2 test to score."),
+    window: int = typer.Option(1024, help="Tokens per forward."),
+    stride: int = typer.Option(512, help="Window step; each token sees >= window - stride of context."),
+    text_file: Optional[Path] = typer.Option(None, help="Score this text file instead of WikiText-2 test."),
+    squad: Optional[Path] = typer.Option(None, help="SQuAD v1.1 JSON: also report exact match / F1."),
+    squad_n: int = typer.Option(50, help="SQuAD questions to ask."),
+    device: str = typer.Option("auto", help="auto (GPU if available), cpu or cuda."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the results as JSON here."),
+) -> None:
+    """Perplexity on WikiText-2 (sliding window), KL divergence and top-1 agreement vs a reference."""
+    from leanlm.bench import lm as lm_metrics
+    from leanlm.errors import DataError
+
+    text = None
+    if text_file is not None:
+        if not text_file.exists():
+            raise DataError(f"text file {text_file} not found")
+        text = text_file.read_text()
+    m = _load(model, device)
+    if reference:
+        ref = _load(reference, device)
+        res = lm_metrics.compare(m, ref, text=text, tokens=tokens, window=window, stride=stride)
+        typer.echo(f"perplexity {res['perplexity']:.3f} (reference {res['reference_perplexity']:.3f}) over "
+                   f"{res['tokens']} tokens; KLD {res['kld']:.5f} [{res['kld_ci'][0]:.5f}, {res['kld_ci'][1]:.5f}]; "
+                   f"top-1 agreement {res['top1']:.4f} [{res['top1_ci'][0]:.4f}, {res['top1_ci'][1]:.4f}]")
+    else:
+        res = lm_metrics.perplexity(m, text=text, tokens=tokens, window=window, stride=stride)
+        typer.echo(f"perplexity {res['perplexity']:.3f} [{res['ci'][0]:.3f}, {res['ci'][1]:.3f}] over {res['tokens']} tokens "
+                   f"(window {res['window']}, stride {res['stride']})")
+    if squad is not None:
+        sq = lm_metrics.squad(m, squad, n=squad_n)
+        res["squad"] = sq
+        typer.echo(f"SQuAD: exact match {sq['exact_match']:.1f}, F1 {sq['f1']:.1f} on {sq['n']} questions")
+    if output:
+        output.write_text(json.dumps(res, indent=2))
+        typer.echo(f"wrote {output}")

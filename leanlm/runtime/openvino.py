@@ -1,0 +1,166 @@
+"""OpenVINO backend: compile an ONNX graph (float or int8 QDQ) or an OpenVINO IR for the CPU.
+
+A model directory for this backend holds `model.onnx` (or `model.xml` + `model.bin`),
+`config.json` and the tokenizer; `leanlm.json` -> extra.runtime records the compile settings:
+
+- precision: "fp32" | "bf16" | "fp16" -> OpenVINO's INFERENCE_PRECISION_HINT. bf16 runs on
+  avx512_bf16 / AMX-bf16, fp16 on AMX-fp16 / avx512_fp16; when the CPU lacks the capability the
+  model runs in f32 and says so (record.notes). Note OpenVINO's own CPU default on bf16-capable
+  CPUs is bf16: "fp32" here asks for f32 explicitly, so a float model is really float.
+  int8 QDQ graphs (from int8-static) run their quantized MatMuls in int8 (VNNI / AMX-int8)
+  whatever the hint; the hint sets the precision of the layers left in float.
+- hint: "latency" (default) | "throughput" -> PERFORMANCE_HINT. Our runner is synchronous (one
+  batch at a time), so LATENCY, one stream over all threads, is the fast choice for batch 1 and
+  batch 32 alike. THROUGHPUT splits the cores into streams, which only pays off when many
+  requests run concurrently (e.g. a server issuing async requests), so it is opt-in.
+- threads: INFERENCE_NUM_THREADS = $LEANLM_THREADS, else every core this process may use.
+
+Example:
+    >>> ov_model = convert(leanlm.load("minilm-l6"), "openvino", precision="bf16")
+    >>> ov_model.save("runs/minilm-ov")
+"""
+from __future__ import annotations
+
+import copy
+import io
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leanlm.artifact import LeanModel, Record
+from leanlm.errors import ArtifactError, UnsupportedError
+from leanlm.runtime import register_backend
+from leanlm.runtime.onnxruntime import ONNX_FILE, GraphSource, load_parts, thread_count, to_feed
+
+PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+_CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
+HINTS = ("latency", "throughput")
+IR_FILE = "model.xml"
+_NP = {"i64": np.int64, "i32": np.int32, "f32": np.float32, "boolean": np.bool_}
+_CORE: Any = None
+
+
+def require_openvino() -> Any:
+    """Import openvino (the one place leanlm does), or say what to install."""
+    try:
+        import openvino
+    except ImportError:
+        raise UnsupportedError("the openvino backend needs OpenVINO: pip install 'leanlm[openvino]'") from None
+    return openvino
+
+
+def core() -> Any:
+    global _CORE
+    if _CORE is None:
+        _CORE = require_openvino().Core()
+    return _CORE
+
+
+def effective_precision(precision: str) -> str:
+    """The precision this CPU will really run: `precision` if it has the capability, else fp32."""
+    if precision not in PRECISIONS:
+        raise UnsupportedError(f"openvino precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    need = _CAPABILITY.get(precision)
+    if need and need not in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        return "fp32"
+    return precision
+
+
+class OvRunner:
+    """A compiled OpenVINO model behind the PyTorch calling convention: `runner(**batch) -> torch.Tensor`.
+
+    Args:
+        source: the graph (ONNX bytes/file, or an IR .xml whose .bin sits next to it).
+        config: the HF config (LeanModel reads max_position_embeddings from it).
+        precision: "fp32" | "bf16" | "fp16" for layers not already int8 (falls back to fp32).
+        hint: "latency" | "throughput".
+    """
+
+    def __init__(self, source: GraphSource, config: Any = None, precision: str = "fp32", hint: str = "latency",
+                 threads: int | None = None):
+        if hint not in HINTS:
+            raise UnsupportedError(f"openvino hint must be 'latency' or 'throughput', got {hint!r}")
+        self.source, self.config, self.hint = source, config, hint
+        self.precision = effective_precision(precision)
+        self.requested_precision = precision
+        self.threads = threads or thread_count()
+        ov = require_openvino()
+        try:
+            if source.data is not None:
+                model = core().read_model(io.BytesIO(source.data))
+            else:
+                model = core().read_model(str(source.path))
+            props = {
+                "INFERENCE_PRECISION_HINT": PRECISIONS[self.precision],
+                "PERFORMANCE_HINT": hint.upper(),
+                "INFERENCE_NUM_THREADS": self.threads,
+            }
+            self.compiled = core().compile_model(model, "CPU", props)
+        except RuntimeError as e:
+            raise ArtifactError(f"OpenVINO cannot compile the graph: {str(e).splitlines()[0]}") from e
+        del model  # the compiled model keeps what it needs
+        self.request = self.compiled.create_infer_request()
+        self.inputs = {p.get_any_name(): _NP.get(p.get_element_type().get_type_name(), np.int64)
+                       for p in self.compiled.inputs}
+        self._ov = ov
+
+    def __call__(self, **batch: torch.Tensor) -> torch.Tensor:
+        # share_inputs: the arrays live until infer returns; outputs are copied (default)
+        result = self.request.infer(to_feed(batch, self.inputs), share_inputs=True)
+        return torch.from_numpy(np.asarray(result[self.compiled.output(0)]))
+
+    def __deepcopy__(self, memo: dict) -> "OvRunner":
+        return OvRunner(self.source, copy.deepcopy(self.config, memo), self.requested_precision, self.hint, self.threads)
+
+
+def ov_model(source: GraphSource, model: LeanModel, info: dict[str, Any], precision: str = "fp32",
+             hint: str = "latency") -> LeanModel:
+    """A LeanModel running `source` on OpenVINO, with `model`'s tokenizer and a copy of its record."""
+    config = getattr(model.module, "config", None) or getattr(model.runner, "config", None)
+    runner = OvRunner(source, copy.deepcopy(config), precision, hint)
+    record = copy.deepcopy(model.record)
+    record.backend = "openvino"
+    record.weights = ONNX_FILE
+    record.extra["runtime"] = {"backend": "openvino", **info, "precision": precision, "hint": hint}
+    if runner.precision != precision:
+        note = f"openvino: this CPU lacks {precision}; running in {runner.precision}"
+        warnings.warn(note, stacklevel=2)
+        record.notes.append(note)
+    return LeanModel(None, model.tokenizer, record, runner=runner)
+
+
+class OpenVinoBackend:
+    name = "openvino"
+
+    def save(self, model: LeanModel, directory: Path) -> str:
+        runner = model.runner
+        if not isinstance(runner, OvRunner):
+            raise ArtifactError(f"openvino backend cannot save a model whose runner is {type(runner).__name__}")
+        src = runner.source
+        if src.path is not None and src.path.suffix == ".xml":  # an IR: copy .xml and its .bin
+            src.read()  # refuses a file changed since loading
+            shutil.copyfile(src.path, directory / IR_FILE)
+            shutil.copyfile(src.path.with_suffix(".bin"), directory / Path(IR_FILE).with_suffix(".bin"))
+            name = IR_FILE
+        else:
+            (directory / ONNX_FILE).write_bytes(src.read())
+            name = ONNX_FILE
+        if runner.config is not None:
+            runner.config.save_pretrained(directory)
+        return name
+
+    def load(self, directory: Path, record: Record, device: str | None = None) -> LeanModel:
+        tokenizer, config = load_parts(directory, record, device)
+        path = directory / record.weights
+        if path.suffix == ".xml" and not path.with_suffix(".bin").exists():
+            raise ArtifactError(f"{directory} is incomplete: {path.with_suffix('.bin').name} is missing")
+        rt = record.extra.get("runtime", {})
+        runner = OvRunner(GraphSource(path=path), config, rt.get("precision", "fp32"), rt.get("hint", "latency"))
+        return LeanModel(None, tokenizer, record, runner=runner)
+
+
+register_backend(OpenVinoBackend())

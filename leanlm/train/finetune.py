@@ -1,0 +1,145 @@
+"""Fine-tune an encoder for sequence classification with the plain training loop.
+
+Example:
+    >>> model = leanlm.finetune("minilm-l6", "movie-snippets", FinetuneConfig(), output="runs/sentiment")
+    >>> model.record.metrics["test"]["accuracy"]
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from leanlm.artifact import LeanModel
+from leanlm.config import BaseConfig, check
+from leanlm.data import Splits, TextDataset, load_splits
+from leanlm.errors import LeanlmError
+from leanlm.train.loop import LoopConfig, TrainResult, train_loop
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(BaseConfig):
+    """Sequence-classification fine-tuning settings.
+
+    Args:
+        loop: optimisation settings (epochs, lr, warm-up, clipping, early stopping).
+        batch_size: examples per step (dynamic padding per batch).
+        max_length: truncate texts to this many tokens.
+        train_size: use only this many training examples (0 = all), for quick runs.
+        eval_size: validate on at most this many validation examples (0 = all).
+        split_seed: seed of the train/validation/test split (recorded in leanlm.json).
+        threads: torch threads (0 = all cores).
+    """
+
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    batch_size: int = 32
+    max_length: int = 128
+    train_size: int = 0
+    eval_size: int = 0
+    split_seed: int = 0
+    threads: int = 0
+
+    def validate(self) -> None:
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(8 <= self.max_length <= 8192, f"max_length must be in [8, 8192], got {self.max_length}")
+        check(self.train_size >= 0 and self.eval_size >= 0, "train_size and eval_size must be >= 0")
+        check(self.threads >= 0, "threads must be >= 0")
+
+
+def _batches(model: LeanModel, data: TextDataset, batch_size: int, max_length: int, seed: int,
+             shuffle: bool) -> Iterator[dict[str, torch.Tensor]]:
+    order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        batch = model.encode([data.texts[j] for j in idx], max_length=max_length)
+        batch["labels"] = torch.tensor([data.labels[j] for j in idx])
+        yield batch
+
+
+@torch.inference_mode()
+def accuracy(model: LeanModel, data: TextDataset, batch_size: int = 64, max_length: int = 128) -> float:
+    correct = 0
+    for batch in _batches(model, data, batch_size, max_length, 0, shuffle=False):
+        labels = batch.pop("labels")
+        correct += int((model.module(**batch).logits.argmax(-1) == labels).sum())
+    return correct / len(data)
+
+
+def finetune(
+    model: LeanModel | str = "minilm-l6",
+    data: Splits | str = "movie-snippets",
+    config: FinetuneConfig = FinetuneConfig(),
+    output: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> LeanModel:
+    """Fine-tune an encoder for text classification; evaluate on the test split; optionally save.
+
+    Args:
+        model: bundled name, model directory or LeanModel (a fresh classification head is added).
+        data: dataset name, local CSV/JSONL file, or ready `Splits`.
+        config: FinetuneConfig (loop settings, batch size, subset sizes, split seed).
+        output: directory to write the fine-tuned model to (atomically); None keeps it in memory.
+
+    Returns the fine-tuned LeanModel; record.metrics holds validation and test accuracy.
+    """
+    from leanlm.models.loading import load
+
+    if output is not None and Path(output).exists() and not overwrite:
+        # Fail before spending minutes training.
+        raise LeanlmError(f"{output} already exists; choose another output or pass overwrite")
+    splits = data if isinstance(data, Splits) else load_splits(data, seed=config.split_seed)
+    labels = splits.label_names
+    if isinstance(model, LeanModel):
+        if model.task != "sequence-classification" or (model.labels and list(model.labels) != list(labels)):
+            raise LeanlmError("pass a model name or directory; a fresh classification head is built for the labels")
+        clf = model
+    else:
+        base = load(model)
+        if base.task == "causal-lm":
+            raise LeanlmError(f"{model} is a decoder; fine-tuning for classification needs an encoder")
+        if base.record.techniques:
+            raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed)")
+        source = base.path or model
+        clf = load(source if base.path is None else base.path, task="sequence-classification", labels=labels)
+        clf.record.base_model = base.record.base_model
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    train = splits.train.head(config.train_size) if config.train_size else splits.train
+    val = splits.validation.head(config.eval_size) if config.eval_size else splits.validation
+    bs, ml = config.batch_size, config.max_length
+    steps_per_epoch = (len(train) + bs - 1) // bs
+
+    def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return module(**batch).loss
+
+    result: TrainResult = train_loop(
+        clf.module,
+        lambda epoch: _batches(clf, train, bs, ml, config.loop.seed * 1000 + epoch, shuffle=True),
+        steps_per_epoch,
+        loss_fn,
+        lambda module: accuracy(clf, val, max_length=ml),
+        config.loop,
+        progress=progress,
+    )
+    test_acc = accuracy(clf, splits.test, max_length=ml)
+    clf.record.data = {**splits.describe(), "train_used": len(train), "validation_used": len(val)}
+    clf.record.training = {"config": config.to_dict(), "result": result.to_dict()}
+    clf.record.metrics["validation"] = {"accuracy": result.best_score}
+    clf.record.metrics["test"] = {"accuracy": test_acc, "n": len(splits.test)}
+    if output is not None:
+        clf.save(output, overwrite=overwrite)
+    return clf
+
+
+def summary(model: LeanModel) -> dict[str, Any]:
+    """The numbers a person wants after fine-tuning."""
+    t = model.record.training or {}
+    return {"test_accuracy": model.record.metrics.get("test", {}).get("accuracy"),
+            "validation_accuracy": model.record.metrics.get("validation", {}).get("accuracy"),
+            "steps": t.get("result", {}).get("steps"), "seconds": t.get("result", {}).get("seconds"),
+            "split_seed": (model.record.data or {}).get("seed")}
