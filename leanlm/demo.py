@@ -10,10 +10,13 @@ from pathlib import Path
 
 import typer
 
-# Chosen so the demo finishes in ~10 minutes on 2 cores: 2 epochs over the full training split of
-# movie-snippets (8,454 short sentences), validated twice per epoch with early stopping.
-DEMO_EPOCHS = 2
+# Chosen so the demo finishes in ~10 minutes on 2 cores: one epoch over the full training split of
+# movie-snippets (8,454 short sentences, 265 steps of 32, length-bucketed), validated three times,
+# keeping the best weights. A longer schedule (2 epochs) reached validation accuracy 0.85 after its
+# first epoch (seed 0), so one full epoch with the learning rate decayed to zero is enough for >= 0.83.
+DEMO_EPOCHS = 1
 DEMO_LR = 6e-5
+DEMO_EVAL_EVERY = 89
 
 
 def run_demo(out: Path = Path("runs/demo"), retrain: bool = False, repeats: int = 10) -> dict:
@@ -34,7 +37,7 @@ def run_demo(out: Path = Path("runs/demo"), retrain: bool = False, repeats: int 
     t0 = time.perf_counter()
     splits = load_splits("movie-snippets", seed=0)
     fp32_dir, int8_dir = out / "sentiment-fp32", out / "sentiment-int8"
-    cfg = FinetuneConfig(loop=LoopConfig(epochs=DEMO_EPOCHS, lr=DEMO_LR, eval_every=132, patience=3, seed=0))
+    cfg = FinetuneConfig(loop=LoopConfig(epochs=DEMO_EPOCHS, lr=DEMO_LR, eval_every=DEMO_EVAL_EVERY, patience=3, seed=0))
 
     console.rule("[bold]1/4 fine-tune minilm-l6 on movie-snippets")
     model = None

@@ -129,7 +129,7 @@ def evaluate(
     _check_batching(batch_size, max_length)
     if model.task == "causal-lm":
         raise UnsupportedError("evaluate covers classifiers; for causal-lm models use leanlm.bench.lm "
-                               "(perplexity, KL divergence versus the float model)")
+                               "(perplexity(model), compare(model, reference) for KL divergence)")
     if model.task != "sequence-classification":
         raise UnsupportedError(f"evaluate needs a sequence-classification model; this one is {model.task} "
                                "(for embeddings use leanlm.bench.evaluate.embedding_fidelity)")

@@ -74,8 +74,9 @@ def tokenize_text(tokenizer: Any, text: str | None, tokens: int | None) -> torch
 
 def windows(n: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """(begin, end, first scored target index) of each sliding window over n tokens."""
-    if window < 2 or not 1 <= stride <= window:
-        raise LeanlmError(f"need window >= 2 and 1 <= stride <= window, got window={window} stride={stride}")
+    if window < 2 or not 1 <= stride < window:
+        # stride < window: every window's first token is context only, so each target has a predictor
+        raise LeanlmError(f"need window >= 2 and 1 <= stride < window, got window={window} stride={stride}")
     prev_end = 1  # token 0 has no prediction
     begin = 0
     while prev_end < n:
@@ -123,7 +124,7 @@ def perplexity(model: Any, text: str | None = None, tokens: int | None = 4096, w
     if tok is None:
         raise LeanlmError("perplexity needs a tokenizer: pass a LeanModel or tokenizer=...")
     window = _context_limit(model, window)
-    stride = min(stride, window)
+    stride = min(stride, window - 1)
     ids = tokenize_text(tok, text, tokens)
     fn = logits_fn(model)
     nll = []
@@ -156,7 +157,7 @@ def compare(model: Any, reference: Any, text: str | None = None, tokens: int | N
     if tok is None:
         raise LeanlmError("compare needs a tokenizer: pass LeanModels or tokenizer=...")
     window = min(_context_limit(model, window), _context_limit(reference, window))
-    stride = min(stride, window)
+    stride = min(stride, window - 1)
     ids = tokenize_text(tok, text, tokens)
     fns = [logits_fn(model), logits_fn(reference)]
     kl, agree, nll_m, nll_r = [], [], [], []

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as _dt
 import json
@@ -24,7 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +96,7 @@ class BenchConfig(BaseConfig):
         eval_limit: evaluate accuracy on at most this many test examples (None = all).
         eval_batch_size: batch size for accuracy and fidelity passes.
         fidelity_texts: texts for embedding fidelity (feature-extraction models).
+        lm_tokens: WikiText-2 test tokens for causal-lm perplexity / KL vs the reference (0 = skip).
 
     Example:
         >>> BenchConfig(repeats=10, threads=2)
@@ -111,10 +113,11 @@ class BenchConfig(BaseConfig):
     eval_limit: int | None = None
     eval_batch_size: int = 32
     fidelity_texts: int = 256
+    lm_tokens: int = 2048
 
     def validate(self) -> None:
         for name, low in (("seq_len", 1), ("latency_batch", 1), ("throughput_batch", 1), ("warmup", 0),
-                          ("repeats", 1), ("throughput_repeats", 1), ("eval_batch_size", 1), ("fidelity_texts", 1)):
+                          ("repeats", 1), ("throughput_repeats", 1), ("eval_batch_size", 1), ("fidelity_texts", 1), ("lm_tokens", 0)):
             v = getattr(self, name)
             check(_is_int(v) and v >= low, f"bench: {name} must be an integer >= {low}, got {v!r}")
         check(self.seq_len <= 32768, f"bench: seq_len {self.seq_len} is too large")
@@ -141,6 +144,20 @@ def set_threads(n: int | None = None) -> int:
     torch.set_num_threads(n)
     os.environ[THREADS_ENV] = str(n)
     return n
+
+
+@contextlib.contextmanager
+def threads_set(n: int | None) -> Iterator[int]:
+    """Set threads for a block (see `set_threads`), then restore torch's setting and LEANLM_THREADS."""
+    torch_before, env_before = torch.get_num_threads(), os.environ.get(THREADS_ENV)
+    try:
+        yield set_threads(n)
+    finally:
+        torch.set_num_threads(torch_before)
+        if env_before is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = env_before
 
 
 def current_threads() -> int:
@@ -261,12 +278,8 @@ def measure_speed(model: LeanModel, config: BenchConfig = BenchConfig(), texts: 
     Example:
         >>> measure_speed(leanlm.load("minilm-l6"), BenchConfig(repeats=10))["throughput_seq_s"]
     """
-    before = torch.get_num_threads()
-    set_threads(config.threads)
-    try:
+    with threads_set(config.threads):
         return _speed([model], config, list(texts or SENTENCES))[0]
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- sizes and memory
@@ -310,6 +323,7 @@ ROW_FIELDS = (
     "throughput_ratio", "latency_ratio", "size_ratio", "accuracy_delta_pts",
     "notes",
 )
+# agreement: classifiers, share of identical predictions; causal LMs, top-1 next-token agreement.
 # Ratios are always (this model) / (reference model), measured in the same run:
 # throughput_ratio > 1 and latency_ratio < 1 mean faster; size_ratio < 1 means smaller.
 
@@ -438,8 +452,11 @@ def _dataset(data: Any) -> Any:
 
 
 def _lm_quality(reference: LeanModel, model: LeanModel, config: BenchConfig) -> dict[str, Any]:
-    """Hook for causal-lm quality (perplexity, KL divergence vs the reference): see leanlm.bench.lm."""
-    return {}
+    """Causal-LM quality versus the reference on WikiText-2 test (leanlm.bench.lm.compare)."""
+    from leanlm.bench.lm import compare
+
+    res = compare(model, reference=reference, tokens=config.lm_tokens)
+    return {"perplexity": res["perplexity"], "kl_divergence": res["kld"], "agreement": res["top1"]}
 
 
 def benchmark(
@@ -478,8 +495,8 @@ def benchmark(
     if reference not in names:
         raise LeanlmError(f"reference {reference!r} is not one of the models: {', '.join(names)}")
     test = _dataset(data)
-    before_threads = torch.get_num_threads()
-    threads = set_threads(config.threads)
+    stack = contextlib.ExitStack()
+    threads = stack.enter_context(threads_set(config.threads))
     machine = machine_info()
     tmp = Path(tempfile.mkdtemp(prefix="leanlm-bench-"))
     bar = _Progress(progress)
@@ -511,6 +528,8 @@ def benchmark(
         bar.start("timing", len(loaded) + config.repeats + config.throughput_repeats)
         for row, s in zip(rows, _speed(loaded, config, texts, tick=lambda *_: bar.advance())):
             row.update({k: v for k, v in s.items() if k in ROW_FIELDS})
+            if row["compile_s"] == 0.0:  # compiled with warm=False: compiling happened in the first calls
+                row["compile_s"] = s["first_call_s"]
 
         ref_i = names.index(reference)
         ref_m = loaded[ref_i]
@@ -534,8 +553,11 @@ def benchmark(
                     row.update(embedding_mean_cosine=fid["mean_cosine"], embedding_min_cosine=fid["min_cosine"])
                 except LeanlmError as e:
                     row["notes"].append(f"fidelity: {e}")
-            elif m.task == "causal-lm" and ref_m.task == "causal-lm":
-                row.update(_lm_quality(ref_m, m, config))
+            elif m.task == "causal-lm" and ref_m.task == "causal-lm" and config.lm_tokens:
+                try:
+                    row.update(_lm_quality(ref_m, m, config))
+                except LeanlmError as e:
+                    row["notes"].append(f"lm quality: {e}")
             bar.advance()
         for i, row in enumerate(rows):
             if preds[i] is not None and preds[ref_i] is not None and len(preds[i]) == len(preds[ref_i]):
@@ -558,14 +580,19 @@ def benchmark(
     finally:
         bar.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-        torch.set_num_threads(before_threads)
+        stack.close()
     machine["loadavg_1m_end"] = machine_info()["loadavg_1m"]
+    notes = []
+    busy = max(machine.get("loadavg_1m") or 0, machine["loadavg_1m_end"] or 0)
+    if busy > usable_cores() + 0.5:
+        notes.append(f"machine busy (load average {busy:.1f} on {usable_cores()} cores): absolute timings are noisy; "
+                     "same-run ratios are more robust")
     data_info = None
     if test is not None:
         data_info = {"name": getattr(test, "name", str(data)), "n": len(test),
                      "evaluated": min(len(test), config.eval_limit or len(test))}
     return BenchResult(rows=rows, machine=machine, config=config.to_dict() | {"threads": threads},
-                       reference=reference, data=data_info,
+                       reference=reference, data=data_info, notes=notes,
                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
 

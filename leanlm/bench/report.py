@@ -31,6 +31,7 @@ _COLUMNS = (
     ("peak RSS MB", "peak_rss_mb", ".0f"), ("compile s", "compile_s", ".1f"),
     ("accuracy %", "accuracy", "pct"), ("Δacc pts", "accuracy_delta_pts", "+.2f"), ("agree %", "agreement", "pct"),
     ("emb cos mean", "embedding_mean_cosine", ".4f"), ("emb cos min", "embedding_min_cosine", ".4f"),
+    ("perplexity", "perplexity", ".3f"), ("KL nats/tok", "kl_divergence", ".4f"),
 )
 
 
@@ -66,14 +67,15 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _quality_axis(rows: list[dict]) -> tuple[str, str, float]:
-    """(row key, axis label, scale) of the quality measure most rows have."""
-    for key, label, scale in (("accuracy", "accuracy (%)", 100.0),
-                              ("embedding_mean_cosine", "embedding cosine vs reference", 1.0),
-                              ("agreement", "agreement with reference (%)", 100.0)):
+def _quality_axis(rows: list[dict]) -> tuple[str, str, float, bool]:
+    """(row key, axis label, scale, higher is better) of the first quality measure the rows have."""
+    for key, label, scale, up in (("accuracy", "accuracy (%)", 100.0, True),
+                                  ("embedding_mean_cosine", "embedding cosine vs reference", 1.0, True),
+                                  ("perplexity", "perplexity", 1.0, False),
+                                  ("agreement", "agreement with reference (%)", 100.0, True)):
         if any(r.get(key) is not None for r in rows):
-            return key, label, scale
-    return "artifact_bytes", "weights (MB)", 1e-6
+            return key, label, scale, up
+    return "artifact_bytes", "weights (MB)", 1e-6, False
 
 
 def _png(fig: Any) -> bytes:
@@ -93,7 +95,7 @@ def plots(result: BenchResult) -> dict[str, bytes]:
 
     rows = result.rows
     out: dict[str, bytes] = {}
-    key, label, scale = _quality_axis(rows)
+    key, label, scale, up = _quality_axis(rows)
     pts = [(r["latency_ms_p50"], r[key] * scale, r["name"]) for r in rows
            if r.get("latency_ms_p50") is not None and r.get(key) is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -103,7 +105,7 @@ def plots(result: BenchResult) -> dict[str, bytes]:
     ax.set_xlabel(f"latency p50 (ms, batch {rows[0].get('latency_batch')} × {rows[0].get('seq_len')} tokens)")
     ax.set_ylabel(label)
     ax.set_xlim(0, max([x for x, _, _ in pts] or [1]) * 1.25)  # from zero: distances read as ratios
-    ax.set_title(f"{label.split(' (')[0]} vs latency (up and left is better)")
+    ax.set_title(f"{label.split(' (')[0]} vs latency ({'up' if up else 'down'} and left is better)")
     ax.grid(alpha=0.3)
     out["quality_vs_latency.png"] = _png(fig)
     plt.close(fig)

@@ -217,6 +217,9 @@ def read_gguf(path: str | os.PathLike, dequantize: bool = False) -> dict[str, An
     for key, field in r.fields.items():
         if key.startswith("GGUF."):
             continue
+        if len(field.data) > 16:  # vocabularies and merges: decoding 50k strings is slow and unneeded
+            meta[key] = f"<{len(field.data)} items>"
+            continue
         try:
             value = field.contents()
         except Exception:  # noqa: BLE001 - an odd field should not hide the rest

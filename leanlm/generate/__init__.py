@@ -25,8 +25,8 @@ def generate(model: Any, prompt: str | Messages, config: GenerationConfig | dict
 
     Args:
         model: a causal-lm LeanModel (e.g. `leanlm.load("smollm2-135m")`) or a bundled name / path.
-        prompt: text to continue, or chat messages [{"role": "user", "content": ...}, ...]
-            (messages, or chat=True, use the model's chat template).
+        prompt: text to continue, chat messages [{"role": "user", "content": ...}, ...]
+            (messages, or chat=True, use the model's chat template), or prompt token ids.
         config: a GenerationConfig (or its fields as a dict); keyword options override fields,
             e.g. `generate(lm, "Hi", max_new_tokens=20, temperature=0.7, seed=1)`.
         stream: return an iterator of text chunks instead of the whole text.

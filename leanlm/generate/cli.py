@@ -39,6 +39,9 @@ def generate_cmd(
     dtype: str = typer.Option("auto", help="Fast decoder dtype: auto, float32, bfloat16, float16."),
     weights: str = typer.Option("auto", help="Fast decoder weights: auto, int8, int4."),
     device: str = typer.Option("auto", help="auto (GPU if available), cpu or cuda."),
+    draft: Optional[str] = typer.Option(None, help="Speculative decoding draft: self-int4, self-int8 (the model's "
+                                        "own weights packed, needs --fast), layers-K (keep every K-th layer) or a model."),
+    draft_tokens: int = typer.Option(4, help="Tokens the draft proposes per step."),
     stream: bool = typer.Option(False, "--stream/--no-stream", help="Print tokens as they are generated."),
     stats: bool = typer.Option(False, "--stats", help="Print prefill/decode timings to stderr."),
 ) -> None:
@@ -47,20 +50,41 @@ def generate_cmd(
 
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()), chat=chat,
-                           system=system, fast=fast, compile=compile, dtype=dtype, weights=weights)
+                           system=system, fast=fast, compile=compile, dtype=dtype, weights=weights,
+                           draft_tokens=draft_tokens)
     lm = _load(model, device)
+    drafter = _draft(lm, draft, cfg, device) if draft else None
     if stream:
-        for chunk in generate_stream(lm, prompt, cfg):
+        for chunk in generate_stream(lm, prompt, cfg, draft=drafter):
             sys.stdout.write(chunk)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return
-    result = generate_result(lm, prompt, cfg)
+    result = generate_result(lm, prompt, cfg, draft=drafter)
     typer.echo(result.text)
     if stats:
+        spec = f"; draft acceptance {result.acceptance:.2f}" if drafter is not None else ""
         typer.echo(f"prompt {result.prompt_tokens} tokens, generated {result.new_tokens} ({result.finish_reason}); "
-                   f"prefill {result.prefill_s * 1e3:.1f} ms, decode {result.decode_ms_per_token:.2f} ms/token",
+                   f"prefill {result.prefill_s * 1e3:.1f} ms, decode {result.decode_ms_per_token:.2f} ms/token{spec}",
                    err=True)
+
+
+def _draft(lm, spec: str, cfg, device: str):
+    """A draft for speculative decoding from its CLI spelling."""
+    from leanlm.errors import ConfigError
+    from leanlm.generate.fast import fast_decoder
+    from leanlm.generate.speculative import layer_dropped
+
+    if spec in ("self-int4", "self-int8"):
+        if not cfg.fast:
+            raise ConfigError(f"--draft {spec} packs the model's own weights for the fast decoder; add --fast")
+        return fast_decoder(lm, weights=spec.split("-")[1], compile=cfg.compile)
+    if spec.startswith("layers-"):
+        k = spec.split("-", 1)[1]
+        if not k.isdigit() or int(k) < 2:
+            raise ConfigError(f"--draft layers-K needs an integer K >= 2, got {spec!r}")
+        return layer_dropped(lm, keep_every=int(k))
+    return _load(spec, device)
 
 
 def eval_lm_cmd(

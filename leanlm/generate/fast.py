@@ -1,23 +1,26 @@
 """The fast decoder: a lean Llama forward over a pre-allocated KV cache, compiled once.
 
-Hugging Face's eager forward spends most of a batch-1 decode step in Python and dispatch (tens of
+Hugging Face's eager forward spends much of a batch-1 decode step in Python and dispatch (tens of
 small ops per layer, mask and cache bookkeeping). This module rebuilds the same computation from
 the model's own weights with fewer, bigger ops (q/k/v and gate/up fused into one matmul each),
-a static KV cache written in place, and rotary tables precomputed once; the single-token step is
-then compiled by `torch.compile` (fullgraph, inductor freezing), so a token costs one call into
-generated code. Weights can stay float (fp32/bf16) or be packed for PyTorch's native weight-only
-int8 / int4 CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`).
+a static KV cache written in place, and rotary tables precomputed once. The decoder layer is
+compiled with `torch.compile` (fullgraph, fixed shapes) once and reused for every layer
+("regional" compilation: seconds instead of minutes, as all layers share shapes), and guard checks
+are skipped once a graph is warm. Weights stay float (fp32/bf16) or are packed for PyTorch's
+native weight-only int8 / int4 CPU kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`).
 
-Numerics follow transformers' Llama exactly (RMSNorm in fp32, rotary in fp32 then cast), so the
-float fast path reproduces the eager model's greedy tokens.
+Numerics follow transformers' Llama (RMSNorm in fp32, rotary tables in fp32), so the fp32 fast
+path reproduces the eager model's greedy tokens.
 
 Example:
     >>> dec = fast_decoder(model, dtype="bfloat16", weights="int8")
+    >>> dec.reset(256)
     >>> logits = dec.forward(torch.tensor(prompt_ids))          # prefill -> (V,)
     >>> logits = dec.forward(torch.tensor([next_id]))           # one compiled decode step
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 from typing import Any, Sequence
 
@@ -31,6 +34,7 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 WEIGHTS = ("auto", "int8", "int4")
 CACHE_BLOCK = 256  # cache capacities are rounded up to this, so few distinct compiled graphs exist
 INT4_GROUP = 32
+SMALL_T = 16  # up to this many new tokens per forward, attention is computed with plain matmuls
 
 
 # --------------------------------------------------------------------------- packed linear layers
@@ -66,6 +70,7 @@ class PackedLinear(nn.Module):
         self.out_features = weight.shape[0]
         if kind != "float" and weight.device.type != "cpu":
             kind = self.kind = "float"  # the packed kernels below are CPU kernels; GPUs run bf16
+        self.group = INT4_GROUP
         if kind == "float":
             self.weight = nn.Parameter(weight.detach().to(dtype).contiguous(), requires_grad=False)
         elif kind == "int8":
@@ -86,12 +91,31 @@ class PackedLinear(nn.Module):
     @classmethod
     def from_int8(cls, qdata: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
                   dtype: torch.dtype) -> "PackedLinear":
-        """Adopt an already-quantized int8 weight (e.g. torchao's Int8Tensor) without requantizing."""
+        """Adopt an already-quantized int8 weight (qdata (N, K), per-row scale) without requantizing."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        self.kind, self.out_features = "int8", qdata.shape[0]
+        self.kind, self.out_features, self.group = "int8", qdata.shape[0], INT4_GROUP
         self.weight = nn.Parameter(qdata.contiguous(), requires_grad=False)
         self.scale = nn.Parameter(scale.reshape(-1).to(dtype), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+        return self
+
+    @classmethod
+    def from_int4(cls, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+                  bias: torch.Tensor | None, dtype: torch.dtype) -> "PackedLinear":
+        """Adopt int4 values q (N, K) in [0, 15] with (N, K/group) scales/zeros (w = (q - 8) s + z)."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        n = q.shape[0]
+        self.kind, self.out_features, self.group = "int4", n, int(group)
+        pad = (-n) % 16  # the CPU packing wants N % 16 == 0; padded rows are sliced off
+        if pad:
+            q = F.pad(q, (0, 0, 0, pad), value=8)
+            scale, zero = F.pad(scale, (0, 0, 0, pad)), F.pad(zero, (0, 0, 0, pad))
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 1)
+        self.weight = nn.Parameter(packed, requires_grad=False)
+        sz = torch.stack([scale.float().t(), zero.float().t()], dim=-1).contiguous()
+        self.scale = nn.Parameter(sz.to(dtype), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
         return self
 
@@ -104,7 +128,8 @@ class PackedLinear(nn.Module):
         if self.kind == "int8":
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight, self.scale)
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, INT4_GROUP, self.scale)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group, self.scale)
+            y = y[:, : self.out_features]
         y = y.reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
@@ -134,6 +159,18 @@ def _int8_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | Non
     return q, s
 
 
+def _int4_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None:
+    """(q (N, K), scale, zero, group) of leanlm's Int4WeightCPU (tinygemm layout, nibble-packed)."""
+    if getattr(weight, "kind", None) != "int4" or not hasattr(weight, "zero") or weight.device.type != "cpu":
+        return None
+    group = int(getattr(weight, "group_size", 0))
+    if group not in (32, 64, 128, 256):
+        return None
+    p = weight.qdata
+    q = torch.stack([p & 0xF, p >> 4], dim=-1).reshape(p.shape[0], -1)  # low nibble = even column
+    return q, weight.scale, weight.zero, group
+
+
 class Fused(nn.Module):
     """Several linears on the same input as one matmul (q|k|v, gate|up); outputs split back."""
 
@@ -144,6 +181,7 @@ class Fused(nn.Module):
         biases = [l.bias for l in linears]
         plain = all(type(w) in (torch.Tensor, nn.Parameter) for w in weights)
         int8 = [_int8_parts(w) for w in weights] if not plain else []
+        int4 = [_int4_parts(w) for w in weights] if not plain else []
         self.parts = nn.ModuleList()
         bias = None if any(b is None for b in biases) else torch.cat([b.detach().float() for b in biases])
         if plain:
@@ -152,6 +190,9 @@ class Fused(nn.Module):
             q = torch.cat([p[0] for p in int8])
             s = torch.cat([p[1].reshape(-1).float() for p in int8])
             self.parts.append(PackedLinear.from_int8(q, s, bias, dtype))
+        elif int4 and all(p is not None for p in int4) and len({p[3] for p in int4}) == 1:
+            q, sc, z = (torch.cat([p[i] for p in int4]) for i in range(3))
+            self.parts.append(PackedLinear.from_int4(q, sc, z, int4[0][3], bias, dtype))
         else:
             self.parts.extend(OpaqueLinear(l) for l in linears)
 
@@ -176,6 +217,60 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+class Block(nn.Module):
+    """One decoder layer's weights (fused, packed); the computation is `layer_forward`."""
+
+    def __init__(self, layer: nn.Module, kind: str, dtype: torch.dtype):
+        super().__init__()
+        a, m = layer.self_attn, layer.mlp
+        self.ln1 = nn.Parameter(layer.input_layernorm.weight.detach().to(dtype), requires_grad=False)
+        self.ln2 = nn.Parameter(layer.post_attention_layernorm.weight.detach().to(dtype), requires_grad=False)
+        self.qkv = Fused([a.q_proj, a.k_proj, a.v_proj], kind, dtype)
+        self.o = Fused([a.o_proj], kind, dtype)
+        self.gate_up = Fused([m.gate_proj, m.up_proj], kind, dtype)
+        self.down = Fused([m.down_proj], kind, dtype)
+
+
+def layer_forward(blk: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                  positions: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, end: int | None,
+                  shape: tuple[int, int, int, float, torch.dtype]) -> torch.Tensor:
+    """One decoder layer: x (1, T, hidden) -> (1, T, hidden); writes this layer's K/V at `positions`.
+
+    Every layer has the same shapes, so one compiled version of this function serves all of them
+    (compile time of one layer, not thirty).
+    """
+    H, KV, D, eps, attn_dtype = shape
+    T = x.shape[1]
+    g = H // KV
+    h = _rms_norm(x, blk.ln1, eps)
+    q, k, v = (t.to(attn_dtype) for t in blk.qkv(h))
+    q = q.view(1, T, H, D).transpose(1, 2)
+    k = k.view(1, T, KV, D).transpose(1, 2)
+    v = v.view(1, T, KV, D).transpose(1, 2)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    # index_put_ is what inductor re-inplaces on a mutated input (no copy of the cache)
+    kc[:, :, positions] = k
+    vc[:, :, positions] = v
+    if end is not None:
+        kc, vc = kc[:, :, :end], vc[:, :, :end]
+    # query head h uses kv head h // g: view queries as (KV, g*T) rows instead of repeating keys
+    qg = q.reshape(1, KV, g * T, D)
+    if T <= SMALL_T:
+        # decode / verify: plain matmuls + softmax beat the flash kernel's fixed cost per call
+        s = (qg @ kc.transpose(-1, -2)) * (D ** -0.5)  # (1, KV, g*T, S)
+        if mask is not None:
+            s = s.masked_fill(~mask, float("-inf"))
+        o = s.float().softmax(-1).to(vc.dtype) @ vc
+    else:
+        o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask)
+    o = o.reshape(1, H, T, D).transpose(1, 2).reshape(1, T, H * D).to(x.dtype)
+    x = x + blk.o(o)[0]
+    h = _rms_norm(x, blk.ln2, eps)
+    gate, up = blk.gate_up(h)
+    return x + blk.down(F.silu(gate) * up)[0]
+
+
 class FastLlama(nn.Module):
     """Llama-family forward over a static KV cache, built from a Hugging Face CausalLM module."""
 
@@ -198,86 +293,63 @@ class FastLlama(nn.Module):
         self.eps = float(cfg.rms_norm_eps)
         self.max_positions = int(cfg.max_position_embeddings)
         kind = "float" if weights == "auto" else weights
-        # the output head is the largest matrix (vocab x hidden): int8 keeps it accurate and fast
-        head_kind = "int8" if kind == "int4" else kind
-        emb = hf.model.embed_tokens.weight
-        self.embed = nn.Parameter(emb.detach().to(dtype), requires_grad=False)
-        self.layers = nn.ModuleList()
-        for layer in hf.model.layers:
-            a, m = layer.self_attn, layer.mlp
-            blk = nn.Module()
-            blk.ln1 = nn.Parameter(layer.input_layernorm.weight.detach().to(dtype), requires_grad=False)
-            blk.ln2 = nn.Parameter(layer.post_attention_layernorm.weight.detach().to(dtype), requires_grad=False)
-            blk.qkv = Fused([a.q_proj, a.k_proj, a.v_proj], kind, dtype)
-            blk.o = Fused([a.o_proj], kind, dtype)
-            blk.gate_up = Fused([m.gate_proj, m.up_proj], kind, dtype)
-            blk.down = Fused([m.down_proj], kind, dtype)
-            self.layers.append(blk)
+        self.embed = nn.Parameter(hf.model.embed_tokens.weight.detach().to(dtype), requires_grad=False)
+        self.layers = nn.ModuleList(Block(layer, kind, dtype) for layer in hf.model.layers)
         self.norm = nn.Parameter(hf.model.norm.weight.detach().to(dtype), requires_grad=False)
-        self.head = Fused([hf.lm_head], head_kind, dtype)
-        # rotary tables for every position, fp32 as transformers computes them
+        # The output head is the largest matrix (vocab x hidden). int4 there costs real accuracy
+        # (KLD vs fp32 0.06 instead of 0.002 on SmolLM2), so int4 models keep an int8 head.
+        self.head = Fused([hf.lm_head], "int8" if kind == "int4" else kind, dtype)
+        # On CPUs attention (and the KV cache) stay fp32: small bf16 matmuls cost far more per call
+        # there than the few KB of cache they save, and fp32 keeps rotary/softmax exact.
+        self.attn_dtype = dtype if device.type == "cuda" else torch.float32
+        # rotary tables for every position, computed as transformers does (fp32)
         inv = rope.inv_freq.detach().float().to(device)
         t = torch.arange(self.max_positions, device=device, dtype=torch.float32)
         freqs = torch.outer(t, inv)
         embp = torch.cat([freqs, freqs], dim=-1)
         scaling = float(getattr(rope, "attention_scaling", 1.0))
-        self.register_buffer("cos", (embp.cos() * scaling).to(dtype), persistent=False)
-        self.register_buffer("sin", (embp.sin() * scaling).to(dtype), persistent=False)
-        self.register_buffer("k_cache", torch.zeros(0, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(0, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("cos", (embp.cos() * scaling).to(self.attn_dtype), persistent=False)
+        self.register_buffer("sin", (embp.sin() * scaling).to(self.attn_dtype), persistent=False)
+        self.k_cache: list[torch.Tensor] = []
+        self.v_cache: list[torch.Tensor] = []
+        self.layer_fn = layer_forward
         self.to(device)
 
     @property
     def capacity(self) -> int:
-        return int(self.k_cache.shape[3]) if self.k_cache.dim() == 5 else 0
+        return int(self.k_cache[0].shape[2]) if self.k_cache else 0
 
     def allocate(self, capacity: int) -> None:
-        # (layers, batch 1, kv heads, positions, head dim)
-        shape = (self.n_layers, 1, self.n_kv, capacity, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.embed.device)
-        self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.embed.device)
+        # one (batch 1, kv heads, positions, head dim) tensor per layer, for K and for V
+        shape = (1, self.n_kv, capacity, self.head_dim)
+        dev = self.embed.device
+        self.k_cache = [torch.zeros(shape, dtype=self.attn_dtype, device=dev) for _ in range(self.n_layers)]
+        self.v_cache = [torch.zeros(shape, dtype=self.attn_dtype, device=dev) for _ in range(self.n_layers)]
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, end: int | None = None,
-                all_logits: bool = False) -> torch.Tensor:
+                all_logits: bool = False, layer_fn: Any = None) -> torch.Tensor:
         """Append tokens to the cache and return logits.
 
         ids, positions: (T,) token ids and their absolute positions (consecutive).
         end: tokens in the cache after this call; None attends over the whole static cache with a
-            mask instead (fixed shapes, for the compiled step).
+            mask instead (fixed shapes, for the compiled layers).
+        layer_fn: the per-layer function (default: eager `layer_forward`; the compiled one).
         Returns (T, V) logits if all_logits else (V,) for the last token, in the compute dtype.
         """
         T = ids.shape[0]
-        H, KV, D = self.n_heads, self.n_kv, self.head_dim
-        g = H // KV
+        g = self.n_heads // self.n_kv
         x = F.embedding(ids, self.embed)[None]  # (1, T, hidden)
         cos, sin = self.cos[positions][None, None], self.sin[positions][None, None]  # (1, 1, T, D)
         S = self.capacity if end is None else end
-        key_pos = torch.arange(S, device=ids.device)
         mask = None
         if end is None or T > 1:
             # query t sees keys at positions <= its own; GQA groups stack queries: rows = (g, T)
+            key_pos = torch.arange(S, device=ids.device)
             mask = (key_pos[None, :] <= positions[:, None]).repeat(g, 1)  # (g*T, S)
+        shape = (self.n_heads, self.n_kv, self.head_dim, self.eps, self.attn_dtype)
+        fn = layer_fn or layer_forward
         for i, blk in enumerate(self.layers):
-            h = _rms_norm(x, blk.ln1, self.eps)
-            q, k, v = blk.qkv(h)
-            q = q.view(1, T, H, D).transpose(1, 2)
-            k = k.view(1, T, KV, D).transpose(1, 2)
-            v = v.view(1, T, KV, D).transpose(1, 2)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            kc, vc = self.k_cache[i], self.v_cache[i]
-            kc.index_copy_(2, positions, k)
-            vc.index_copy_(2, positions, v)
-            if end is not None:
-                kc, vc = kc[:, :, :end], vc[:, :, :end]
-            # query head h uses kv head h // g: view queries as (KV, g*T) rows instead of repeating keys
-            qg = q.reshape(1, KV, g * T, D)
-            o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask)
-            o = o.reshape(1, H, T, D).transpose(1, 2).reshape(1, T, H * D)
-            x = x + blk.o(o)[0]
-            h = _rms_norm(x, blk.ln2, self.eps)
-            gate, up = blk.gate_up(h)
-            x = x + blk.down(F.silu(gate) * up)[0]
+            x = fn(blk, x, cos, sin, mask, positions, self.k_cache[i], self.v_cache[i], end, shape)
         if not all_logits:
             x = x[:, -1:]
         x = _rms_norm(x, self.norm, self.eps)
@@ -311,7 +383,8 @@ class FastDecoder:
         self.device = self.net.embed.device
         self.compile = compile
         self.pos = 0
-        self._compiled: dict[tuple, Any] = {}
+        self._compiled_fn: Any = None
+        self._warm: set[tuple] = set()  # (cache size, tokens, all_logits) already compiled
         self._lengths = {1}  # token counts per forward that get a compiled graph
 
     def compile_length(self, tokens: int) -> None:
@@ -344,46 +417,52 @@ class FastDecoder:
         ids = ids.to(self.device)
         positions = torch.arange(self.pos, self.pos + T, device=self.device)
         if self.compile and T in self._lengths:
-            out = self._graph(T, all_logits)(ids, positions)
+            # fixed shapes: attend over the whole static cache with a mask, layers compiled
+            key = (self.net.capacity, T, all_logits)
+            if key in self._warm:
+                # this graph exists: skip re-checking guards on every layer call (shapes are fixed)
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    out = self.net(ids, positions, end=None, all_logits=all_logits, layer_fn=self._layer_fn())
+            else:
+                out = self.net(ids, positions, end=None, all_logits=all_logits, layer_fn=self._layer_fn())
+                self._warm.add(key)
         else:
             out = self.net(ids, positions, end=self.pos + T, all_logits=all_logits)
         self.pos += T
         return out.float()
 
-    def _graph(self, tokens: int, all_logits: bool) -> Any:
-        key = (self.net.capacity, tokens, all_logits)
-        fn = self._compiled.get(key)
-        if fn is None:
-            fn = self._compiled[key] = compile_step(self.net, all_logits)
-        return fn
+    def _layer_fn(self) -> Any:
+        if self._compiled_fn is None:
+            self._compiled_fn = compile_layer()
+        return self._compiled_fn
 
 
 def resolve_dtype(module: nn.Module, dtype: str, weights: str = "auto") -> torch.dtype:
     if dtype != "auto":
         return getattr(torch, dtype)
     p = next(module.parameters())
-    if p.device.type == "cuda" or weights in ("int8", "int4"):
+    packed = any(getattr(m.weight, "kind", None) in ("int8", "int4") or _int8_parts(m.weight) is not None
+                 for m in module.modules() if isinstance(m, nn.Linear) and type(m.weight) is not nn.Parameter)
+    if p.device.type == "cuda" or weights in ("int8", "int4") or packed:
         return torch.bfloat16  # bf16 activations are what the int8/int4 CPU kernels and GPUs are fast at
     return p.dtype if p.dtype.is_floating_point else torch.float32
 
 
-def compile_step(net: FastLlama, all_logits: bool = False) -> Any:
-    """torch.compile a forward over the whole static cache (fixed shapes: one graph per size)."""
-    import torch._inductor.config as inductor_config
+def compile_layer() -> Any:
+    """A compiled `layer_forward` with its own compile cache.
 
-    def step(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return net(ids, positions, end=None, all_logits=all_logits)
+    All layers of a model share one compiled graph (regional compilation: same shapes, weights
+    passed in). Each decoder gets a fresh copy of the function's code object so that its graphs
+    (one per token count and cache size) do not count against other decoders' recompile limit.
+    """
+    import types
 
-    compiled = torch.compile(step, fullgraph=True, dynamic=False)
-
-    def run(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        # freezing folds the weights into the graph as constants (prepacked for oneDNN/MKL)
-        with inductor_config.patch(freezing=True):
-            return compiled(ids, positions)
-
-    return run
+    code = layer_forward.__code__.replace(co_name=f"layer_forward_{next(_COUNTER)}")
+    fn = types.FunctionType(code, layer_forward.__globals__, code.co_name)
+    return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
+_COUNTER = itertools.count()
 _DECODERS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 

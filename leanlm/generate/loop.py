@@ -78,7 +78,7 @@ class EagerDecoder:
 
     def rollback(self, length: int) -> None:
         if length < self.pos:
-            self.cache.crop(length)
+            self.cache.crop(length - self.pos)  # transformers 5: a negative count removes tokens
             self.pos = length
 
 
@@ -131,8 +131,12 @@ def check_causal_lm(model: Any) -> None:
 # --------------------------------------------------------------------------- prompts
 
 def prompt_ids(model: Any, prompt: str | Messages, config: GenerationConfig) -> torch.Tensor:
-    """Token ids (T,) of a prompt string or chat messages, checked against the context window."""
+    """Token ids (T,) of a prompt string, chat messages or token ids, checked against the context window."""
     tok = model.tokenizer
+    if isinstance(prompt, torch.Tensor) or (isinstance(prompt, (list, tuple)) and prompt
+                                            and all(isinstance(t, int) for t in prompt)):
+        ids = torch.as_tensor(prompt, dtype=torch.long).reshape(-1).cpu()
+        return _check_length(model, ids)
     if isinstance(prompt, str):
         if not prompt.strip():
             raise LeanlmError("the prompt is empty; give some text to continue")
@@ -147,8 +151,15 @@ def prompt_ids(model: Any, prompt: str | Messages, config: GenerationConfig) -> 
     else:
         raise LeanlmError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
     ids = tok(prompt, add_special_tokens=not _has_template_tokens(tok, prompt), return_tensors="pt").input_ids[0]
+    return _check_length(model, ids)
+
+
+def _check_length(model: Any, ids: torch.Tensor) -> torch.Tensor:
     if ids.numel() == 0:
         raise LeanlmError("the prompt encodes to no tokens; give some text to continue")
+    vocab = getattr(model.module.config, "vocab_size", None)
+    if vocab and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise LeanlmError(f"prompt token ids must be in [0, {vocab})")
     context = context_window(model)
     if ids.numel() >= context:
         raise LeanlmError(f"the prompt is {ids.numel()} tokens but the model's context window is {context}; "

@@ -260,7 +260,7 @@ def optimize_onnx(path: str | os.PathLike, model: LeanModel, out: str | os.PathL
         return path, {}
     from onnxruntime.transformers.optimizer import optimize_model
 
-    with _quiet_export(), _quiet_ort_python():
+    with _quiet_export(), quiet_ort_tools():
         # opt_level=0: only the python fusions; ORT applies its own graph optimizations at load.
         opt = optimize_model(str(path), model_type=ort_type, num_heads=int(cfg.num_attention_heads),
                              hidden_size=int(cfg.hidden_size), opt_level=0)
@@ -284,7 +284,7 @@ def exported(model: LeanModel, fuse: bool = False, opset: int = DEFAULT_OPSET,
 
 
 @contextlib.contextmanager
-def _quiet_ort_python() -> Iterator[None]:
+def quiet_ort_tools() -> Iterator[None]:
     """ORT's python tools log every fusion at INFO/WARNING through the root-level 'onnxruntime' logger."""
     names = ("onnxruntime", "onnxruntime.transformers", "fusion", "onnx_model", "root")
     loggers = [logging.getLogger(n) for n in names] + [logging.getLogger()]

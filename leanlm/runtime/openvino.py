@@ -88,7 +88,6 @@ class OvRunner:
         self.precision = effective_precision(precision)
         self.requested_precision = precision
         self.threads = threads or thread_count()
-        ov = require_openvino()
         try:
             if source.data is not None:
                 model = core().read_model(io.BytesIO(source.data))
@@ -106,7 +105,6 @@ class OvRunner:
         self.request = self.compiled.create_infer_request()
         self.inputs = {p.get_any_name(): _NP.get(p.get_element_type().get_type_name(), np.int64)
                        for p in self.compiled.inputs}
-        self._ov = ov
 
     def __call__(self, **batch: torch.Tensor) -> torch.Tensor:
         # share_inputs: the arrays live until infer returns; outputs are copied (default)

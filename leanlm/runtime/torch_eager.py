@@ -75,6 +75,10 @@ class TorchBackend:
                 config = AutoConfig.from_pretrained(directory)
                 module = cls.from_config(config)
                 replay_restores(module, record)
+                # Free the randomly initialised float weights before reading the saved (smaller)
+                # tensors, so peak memory is not float model + quantized model at once.
+                for p in module.parameters():
+                    p.data = torch.zeros((), dtype=p.dtype).expand(p.shape)
                 try:
                     state = torch.load(directory / record.weights, map_location="cpu", weights_only=True)
                 except Exception as e:

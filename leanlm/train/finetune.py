@@ -52,9 +52,19 @@ class FinetuneConfig(BaseConfig):
 
 def _batches(model: LeanModel, data: TextDataset, batch_size: int, max_length: int, seed: int,
              shuffle: bool) -> Iterator[dict[str, torch.Tensor]]:
-    order = np.random.default_rng(seed).permutation(len(data)) if shuffle else np.arange(len(data))
-    for i in range(0, len(order), batch_size):
-        idx = order[i : i + batch_size]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data)) if shuffle else np.arange(len(data))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle:
+        # Length bucketing: sort each window of 50 batches by text length so a batch pads to
+        # similar lengths (about 1.5x fewer tokens on short sentences), then shuffle batch order.
+        window = batch_size * 50
+        chunks = []
+        for w in range(0, len(order), window):
+            part = sorted(order[w : w + window], key=lambda j: len(data.texts[j]))
+            chunks += [np.array(part[i : i + batch_size]) for i in range(0, len(part), batch_size)]
+        chunks = [chunks[k] for k in rng.permutation(len(chunks))]
+    for idx in chunks:
         batch = model.encode([data.texts[j] for j in idx], max_length=max_length)
         batch["labels"] = torch.tensor([data.labels[j] for j in idx])
         yield batch

@@ -148,3 +148,14 @@ def test_compile_model_matches_eager_on_ragged_batches(tiny_clf):
     row = benchmark({"eager": tiny_clf, "compiled": c}, config=BenchConfig(**FAST, latency_batch=4, memory=False),
                     progress=False).row("compiled")
     assert row["runtime"].startswith("torch.compile") and row["compile_s"] > 0
+
+
+def test_benchmark_causal_lm_quality(tiny_lm):
+    from leanlm.models.tiny import tiny_decoder
+
+    res = benchmark({"a": tiny_lm, "b": tiny_decoder(seed=1)},
+                    config=BenchConfig(**FAST, memory=False, lm_tokens=128), progress=False)
+    a, b = res.row("a"), res.row("b")
+    assert a["kl_divergence"] == pytest.approx(0.0, abs=1e-6) and a["agreement"] == 1.0
+    assert b["kl_divergence"] > 0 and math.isfinite(b["perplexity"]) and b["perplexity"] > 1
+    assert a["accuracy"] is None and b["throughput_ratio"] > 0

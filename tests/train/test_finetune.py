@@ -19,12 +19,12 @@ def _toy_splits():
 
 def test_finetune_tiny_learns_and_saves(tiny_clf, tmp_path):
     model = tiny_clf.clone()
-    cfg = FinetuneConfig(loop=LoopConfig(epochs=8, lr=3e-3, warmup_ratio=0.0, patience=0), batch_size=8)
+    cfg = FinetuneConfig(loop=LoopConfig(epochs=15, lr=3e-3, warmup_ratio=0.0, patience=0), batch_size=8)
     out = finetune(model, _toy_splits(), cfg, output=tmp_path / "ft", progress=False)
     assert out.record.metrics["validation"]["accuracy"] >= 0.8
     rec = read_record(tmp_path / "ft")
     assert rec.data["dataset"] == "toy" and rec.data["seed"] == 0
-    assert rec.training["config"]["loop"]["epochs"] == 8
+    assert rec.training["config"]["loop"]["epochs"] == 15
     assert rec.metrics["test"]["accuracy"] == out.record.metrics["test"]["accuracy"]
 
 

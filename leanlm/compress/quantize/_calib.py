@@ -45,13 +45,18 @@ def input_hooks(layers: dict[str, torch.nn.Module], fn: Callable[[str, torch.Ten
                 state: MaskState) -> Iterator[None]:
     """Call fn(name, rows) with each layer's input rows (padding removed) during the block."""
     handles = []
+    last: list[Any] = [None, None]  # (input tensor, its rows): q/k/v and gate/up share one input
+
     for name, layer in layers.items():
         def hook(mod: torch.nn.Module, inp: tuple, name: str = name) -> None:
-            fn(name, rows(inp[0].detach().float(), state.mask))
+            if last[0] is not inp[0]:
+                last[0], last[1] = inp[0], rows(inp[0].detach().float(), state.mask)
+            fn(name, last[1])
         handles.append(layer.register_forward_pre_hook(hook))
     try:
         yield
     finally:
+        last[0] = last[1] = None
         for h in handles:
             h.remove()
 
@@ -62,17 +67,22 @@ class HessianAccumulator:
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
+        self._last: tuple[Any, Any] = (None, None)
 
     def __call__(self, name: str, x: torch.Tensor) -> None:
-        x = x.double()
-        s = x.T @ x
+        if self._last[0] is x:  # same rows as the previous layer: reuse the product
+            s = self._last[1]
+        else:
+            s = (x.T @ x).double()  # fp32 GEMM per batch (fast), summed across batches in fp64
+            self._last = (x, s)
         if name in self.sums:
-            self.sums[name] += s
+            self.sums[name] = self.sums[name] + s  # not in place: `s` may be shared
             self.counts[name] += x.shape[0]
         else:
             self.sums[name], self.counts[name] = s, x.shape[0]
 
     def pop(self, name: str) -> torch.Tensor:
+        self._last = (None, None)
         n = max(self.counts.pop(name), 1)
         return (2.0 / n * self.sums.pop(name)).float()
 

@@ -13,7 +13,8 @@ Why our own subclass rather than torchao's (measured on this CPU, batch-1 GEMV, 
     store plain nibbles + bf16 scales/zeros (portable) and pack for the kernel lazily, per process;
   * those kernels are GEMV-shaped: with many rows (prefill, encoder batches) they are 10-40x
     slower than the bf16 GEMM (AMX / avx512_bf16), so above `KERNEL_MAX_ROWS` rows we
-    dequantize the weight to bf16 and use the GEMM.
+    dequantize the weight to bf16 and use the GEMM;
+  * `_dyn_quant_matmul_4bit` (KleidiAI) has no x86 kernel: ~11x slower than fp32 GEMV here.
 
 int4 layout is tinygemm's: w ~= (q - 8) * scale + zero with q in [0, 15], one (scale, zero) per
 `group_size` input columns; scale and zero are bf16 values (quantizers here round them first,
@@ -28,7 +29,9 @@ import torch.nn.functional as F
 from torchao.utils import TorchAOBaseTensor
 
 aten = torch.ops.aten
-KERNEL_MAX_ROWS = 8  # rows (tokens) up to which the GEMV kernels beat dequantize + bf16 GEMM
+# Rows (tokens) up to which the GEMV kernels beat dequantize + bf16 GEMM (measured, 1 thread,
+# 1536x576: int4 kernel ~70 us/row vs ~2 ms to dequantize; int8 ~30 us/row vs ~0.5 ms).
+KERNEL_MAX_ROWS = {"int4": 16, "int8": 24}
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 _BF16 = torch.bfloat16
 
@@ -53,8 +56,10 @@ def int4_quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> t
 
 
 def int4_dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    g = q.shape[1] // scale.shape[1]
-    return ((q.to(dtype) - 8) * scale.to(dtype).repeat_interleave(g, 1) + zero.to(dtype).repeat_interleave(g, 1))
+    n, k = q.shape
+    s = scale.float().unsqueeze(-1)  # (N, G, 1): broadcast over each group, no repeat_interleave
+    w = torch.addcmul(zero.float().unsqueeze(-1) - 8 * s, q.reshape(n, scale.shape[1], -1).float(), s)
+    return w.reshape(n, k).to(dtype)  # fp32 math then one cast: CPU bf16 elementwise ops are slow
 
 
 def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -99,7 +104,7 @@ def _linear(x: torch.Tensor, w: _WeightOnly, bias: torch.Tensor | None) -> torch
     # x: (..., K) -> (..., N); compute in bf16, return in x's dtype
     out_dtype = x.dtype
     x2 = x.reshape(-1, x.shape[-1]).to(_BF16)
-    if x2.shape[0] <= KERNEL_MAX_ROWS and w.kernel_ok():
+    if x2.shape[0] <= KERNEL_MAX_ROWS[w.kind] and w.kernel_ok():
         y = w._gemv(x2.contiguous())
     else:
         y = F.linear(x2, w.dequantize(_BF16))
@@ -114,6 +119,7 @@ class Int4WeightCPU(_WeightOnly):
 
     tensor_data_names = ["qdata", "scale", "zero"]
     tensor_attribute_names = ["group_size", "shape", "dtype"]
+    kind = "int4"
 
     def __new__(cls, qdata, scale, zero, group_size, shape, dtype):
         return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=qdata.device, requires_grad=False)
@@ -163,6 +169,7 @@ class Int8WeightCPU(_WeightOnly):
 
     tensor_data_names = ["qdata", "scale"]
     tensor_attribute_names = ["shape", "dtype"]
+    kind = "int8"
 
     def __new__(cls, qdata, scale, shape, dtype):
         return torch.Tensor._make_wrapper_subclass(cls, shape, dtype=dtype, device=qdata.device, requires_grad=False)
@@ -190,8 +197,9 @@ class Int8WeightCPU(_WeightOnly):
         return aten._weight_int8pack_mm(x, self.qdata, self.kernel_state())
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        g = self.shape[1] // self.scale.shape[1]
-        return self.qdata.to(dtype) * self.scale.to(dtype).repeat_interleave(g, 1)
+        n, k = self.shape
+        w = self.qdata.reshape(n, self.scale.shape[1], -1).float() * self.scale.float().unsqueeze(-1)
+        return w.reshape(n, k).to(dtype)
 
 
 for _cls in (Int4WeightCPU, Int8WeightCPU):

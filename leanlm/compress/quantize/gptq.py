@@ -130,18 +130,32 @@ def _apply(model: LeanModel, config: GPTQ, ctx: QuantContext) -> dict:
     stats = {"gptq": 0.0, "rtn": 0.0}
 
     def quantize_layers(hessians: C.HessianAccumulator, names: list[str]) -> None:
+        # Layers reading the same input (q/k/v, gate/up) share H; GPTQ treats rows independently
+        # given H, so their weights are stacked and quantized in one column sweep (same result).
+        groups: list[tuple[torch.Tensor, list[str]]] = []
         for name in names:
             lin = targets[name]
             if name not in hessians.counts:  # never ran on calibration data: plain rounding
                 set_weight(lin, Int4WeightCPU.from_float(lin.weight.detach(), config.group_size))
                 continue
             H = hessians.pop(name)
-            W = lin.weight.detach().float()
-            q, s, z = gptq_quantize(W, H, config.group_size, config.damp_percent, config.act_order, config.block_size)
-            qw = Int4WeightCPU.from_quantized(q, s, z, lin.weight.dtype)
-            stats["gptq"] += hessian_error(W, qw.dequantize(), H)
-            stats["rtn"] += hessian_error(W, Int4WeightCPU.from_float(W, config.group_size).dequantize(), H)
-            set_weight(lin, qw)
+            same = next((g for g in groups if torch.equal(g[0], H)), None)
+            if same is None:
+                groups.append((H, [name]))
+            else:
+                same[1].append(name)
+        for H, members in groups:
+            Ws = [targets[n].weight.detach().float() for n in members]
+            q, s, z = gptq_quantize(torch.cat(Ws), H, config.group_size, config.damp_percent, config.act_order,
+                                    config.block_size)
+            row = 0
+            for name, W in zip(members, Ws):
+                rows = slice(row, row + W.shape[0])
+                row += W.shape[0]
+                qw = Int4WeightCPU.from_quantized(q[rows], s[rows], z[rows], targets[name].weight.dtype)
+                stats["gptq"] += hessian_error(W, qw.dequantize(), H)
+                stats["rtn"] += hessian_error(W, Int4WeightCPU.from_float(W, config.group_size).dequantize(), H)
+                set_weight(targets[name], qw)
 
     sequential = C.walk_blocks(model, targets, batches, C.HessianAccumulator,
                                lambda names, hessians, run_block: quantize_layers(hessians, names), config.sequential)

@@ -71,7 +71,7 @@ def _apply(model: LeanModel, config: Int8Dynamic, ctx: QuantContext) -> dict:
 
 def _apply_ort(model: LeanModel, config: Int8Dynamic) -> dict:
     from leanlm.runtime.convert import adopt
-    from leanlm.runtime.onnx_export import _quiet_ort_python, exported, nodes_matching, require_onnx, require_ort
+    from leanlm.runtime.onnx_export import quiet_ort_tools, exported, nodes_matching, require_onnx, require_ort
     from leanlm.runtime.onnxruntime import GraphSource, ort_model
 
     onnx = require_onnx()
@@ -82,7 +82,7 @@ def _apply_ort(model: LeanModel, config: Int8Dynamic) -> dict:
     with exported(model, fuse=config.fuse) as (path, info):
         exclude = nodes_matching(path, config.skip)
         out = path.with_name("model.int8.onnx")
-        with _quiet_ort_python():
+        with quiet_ort_tools():
             quantize_dynamic(path, out, op_types_to_quantize=op_types, per_channel=config.per_channel,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                              # fused contrib ops defeat ONNX shape inference; their outputs are float

