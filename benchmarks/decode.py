@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -116,7 +117,6 @@ def main() -> None:
     ap.add_argument("--json", default="benchmarks/results/decode.json")
     args = ap.parse_args()
 
-    import os
 
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -129,6 +129,8 @@ def main() -> None:
         return not only or name in only
 
     rows: dict[str, dict] = {}
+    quantized: dict[str, Any] = {}
+    load_before = os.getloadavg()
     print(f"{args.model} on {device} ({threads} threads), prompt {ids.numel()} tokens, {args.new_tokens} new", flush=True)
 
     def record(name: str, fn: Callable[[], dict], **extra: Any) -> None:
@@ -152,6 +154,14 @@ def main() -> None:
         if want(name):
             record(name, ours(lm, ids, args.new_tokens, GenerationConfig(fast=True, dtype=dtype, weights=weights)),
                    dtype=dtype, weights=weights)
+    # the quantizers' own configs (leanlm.quantize), decoded by the fast path with their weights as is
+    for name, make in (("quantize-int8-wo", "Int8WeightOnly()"), ("quantize-int4-wo-g32", "Int4WeightOnly(group_size=32)")):
+        if want(name):
+            from leanlm.compress.quantize.weight_only import Int4WeightOnly, Int8WeightOnly  # noqa: F401
+
+            qlm = leanlm.quantize(lm, eval(make))
+            quantized[name] = qlm
+            record(name, ours(qlm, ids, args.new_tokens, GenerationConfig(fast=True)), config=make)
     spec_target = GenerationConfig(fast=True, dtype="bfloat16", draft_tokens=args.draft_tokens)
     if want("spec-bf16+int4-self"):
         draft = fast_decoder(lm, dtype="bfloat16", weights="int4")
@@ -198,12 +208,15 @@ def main() -> None:
                 continue
             q = fast_decoder(lm, dtype=dtype, weights=weights, compile=False)
             rows[name]["quality"] = _kld(q, reference, lm, args.kld_tokens)
+        for name, qlm in quantized.items():
+            if "error" not in rows[name]:
+                rows[name]["quality"] = _kld(fast_decoder(qlm, compile=False), reference, lm, args.kld_tokens)
         for name, path in gguf_files.items():
             if name in rows and "error" not in rows[name]:
                 peer = llamacpp.LlamaCpp(path, n_ctx=512, threads=threads, logits_all=True)
                 rows[name]["quality"] = _kld(peer.logits, reference, lm, args.kld_tokens)
 
-    _report(rows, args, device, threads)
+    _report(rows, args, device, threads, {"before": load_before, "after": os.getloadavg()})
 
 
 def _kld(model: Any, reference: Any, lm: Any, tokens: int) -> dict:
@@ -211,7 +224,7 @@ def _kld(model: Any, reference: Any, lm: Any, tokens: int) -> dict:
     return {k: r[k] for k in ("kld", "kld_ci", "top1", "top1_ci", "perplexity", "reference_perplexity", "tokens")}
 
 
-def _report(rows: dict, args: Any, device: torch.device, threads: int) -> None:
+def _report(rows: dict, args: Any, device: torch.device, threads: int, load: dict) -> None:
     base = rows.get("hf-eager", {}).get("decode_ms")
     peer = rows.get("llamacpp-q4_1-shipped", {}).get("decode_ms")
     print()
@@ -234,6 +247,7 @@ def _report(rows: dict, args: Any, device: torch.device, threads: int) -> None:
     out = {"benchmark": "decode", "model": args.model, "device": str(device), "threads": threads,
            "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats,
            "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor(),
+           "load_average": load,  # other work on the machine skews timings; judge ratios, not absolutes
            "rows": {k: {kk: vv for kk, vv in v.items() if kk != "tokens"} for k, v in rows.items()}}
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)

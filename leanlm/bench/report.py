@@ -11,14 +11,12 @@ Example:
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from leanlm.artifact import atomic_write_text
+from leanlm.artifact import atomic_write_bytes, atomic_write_text
 from leanlm.bench.measure import BenchResult
 
 
@@ -53,18 +51,6 @@ def table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
     cols = [c for c in _COLUMNS if any(r.get(c[1]) is not None for r in result.rows)]
     cells = [[_fmt(r, key, spec, r["name"] == result.reference) for _, key, spec in cols] for r in result.rows]
     return [c[0] for c in cols], cells
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _quality_axis(rows: list[dict]) -> tuple[str, str, float, bool]:
@@ -219,7 +205,7 @@ def write_report(result: BenchResult, out_dir: str | os.PathLike, title: str = "
     paths: dict[str, Path] = {"json": result.to_json(out / "results.json")}
     images = plots(result)
     for name, data in images.items():
-        _atomic_write_bytes(out / name, data)
+        atomic_write_bytes(out / name, data)
         paths[name] = out / name
     atomic_write_text(out / "report.md", markdown_report(result, title, {n: n for n in images}) + "\n")
     paths["markdown"] = out / "report.md"

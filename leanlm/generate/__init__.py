@@ -10,6 +10,8 @@ Example:
 """
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any, Iterator
 
 from leanlm.generate.config import GenerationConfig
@@ -102,3 +104,14 @@ def __getattr__(name: str) -> Any:
 
         return fast_decoder
     raise AttributeError(f"module 'leanlm.generate' has no attribute {name!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """`leanlm.generate` is both this package and the verb: once the package is imported Python
+    binds the module to that name, so calling the module calls `generate`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -47,18 +47,17 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """Asymmetric groupwise int4 in PyTorch's CPU kernel layout: w ~= (q - 8) * s + z.
+def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric groupwise int4 in tinygemm's convention: w ~= (q - 8) * scale + zero.
 
-    Returns q (N, K) int32 in [0, 15] and scales_and_zeros (K // group, N, 2).
+    Returns q (N, K) int32 in [0, 15], scale and zero (N, K // group).
     """
     n, k = w.shape
     g = w.float().reshape(n, k // group, group)
     lo, hi = g.amin(-1), g.amax(-1)
     scale = ((hi - lo) / 15).clamp(min=1e-12)
     q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
-    zero = lo + 8 * scale
-    return q, torch.stack([scale.t(), zero.t()], dim=-1).contiguous()
+    return q, scale, lo + 8 * scale
 
 
 class PackedLinear(nn.Module):
@@ -81,9 +80,7 @@ class PackedLinear(nn.Module):
             k = weight.shape[1]
             if k % INT4_GROUP:
                 raise UnsupportedError(f"int4 weights need in_features divisible by {INT4_GROUP}, got {k}")
-            q, sz = quantize_int4(weight)
-            self.weight = nn.Parameter(torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1), requires_grad=False)
-            self.scale = nn.Parameter(sz.to(dtype), requires_grad=False)
+            self._pack_int4(*quantize_int4(weight), INT4_GROUP, dtype)
         else:
             raise ValueError(kind)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
@@ -106,9 +103,16 @@ class PackedLinear(nn.Module):
         """Adopt int4 values q (N, K) in [0, 15] with (N, K/group) scales/zeros (w = (q - 8) s + z)."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
-        n = q.shape[0]
-        self.kind, self.out_features, self.group = "int4", n, int(group)
-        pad = (-n) % 16  # the CPU packing wants N % 16 == 0; padded rows are sliced off
+        self.kind, self.out_features = "int4", q.shape[0]
+        self._pack_int4(q, scale, zero, group, dtype)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+        return self
+
+    def _pack_int4(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int,
+                   dtype: torch.dtype) -> None:
+        # the kernel's layout: packed (N, K/2) and scales_and_zeros (K/group, N, 2)
+        self.group = int(group)
+        pad = (-q.shape[0]) % 16  # the CPU packing wants N % 16 == 0; padded rows are sliced off
         if pad:
             q = F.pad(q, (0, 0, 0, pad), value=8)
             scale, zero = F.pad(scale, (0, 0, 0, pad)), F.pad(zero, (0, 0, 0, pad))
@@ -116,8 +120,6 @@ class PackedLinear(nn.Module):
         self.weight = nn.Parameter(packed, requires_grad=False)
         sz = torch.stack([scale.float().t(), zero.float().t()], dim=-1).contiguous()
         self.scale = nn.Parameter(sz.to(dtype), requires_grad=False)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: (..., K) -> (..., N)
@@ -149,7 +151,7 @@ class OpaqueLinear(nn.Module):
 def _int8_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(qdata, per-row scale) of a symmetric per-row int8 tensor subclass (torchao Int8Tensor)."""
     q, s = getattr(weight, "qdata", None), getattr(weight, "scale", None)
-    if q is None or s is None or q.dtype != torch.int8 or q.dim() != 2 or s.numel() != q.shape[0]:
+    if weight.device.type != "cpu" or q is None or s is None or q.dtype != torch.int8 or q.dim() != 2 or s.numel() != q.shape[0]:
         return None
     if getattr(weight, "act_quant_kwargs", None) is not None:  # dynamic activation quant: not weight-only
         return None

@@ -118,3 +118,21 @@ def test_generate_rejects_non_decoder(tiny_clf):
 
     with pytest.raises(UnsupportedError, match="causal-lm"):
         generate(tiny_clf, PROMPT)
+
+
+def test_leanlm_generate_is_callable_after_package_import(tiny_lm):
+    import leanlm
+    import leanlm.generate as pkg
+
+    assert leanlm.generate is pkg or callable(leanlm.generate)
+    text = leanlm.generate(tiny_lm, PROMPT, max_new_tokens=3, stop_on_eos=False)
+    assert isinstance(text, str) and text
+
+
+def test_token_id_prompts(tiny_lm):
+    ids = tiny_lm.tokenizer(PROMPT).input_ids
+    a = generate_result(tiny_lm, ids, max_new_tokens=4, stop_on_eos=False)
+    b = generate_result(tiny_lm, PROMPT, max_new_tokens=4, stop_on_eos=False)
+    assert a.token_ids == b.token_ids
+    with pytest.raises(LeanlmError, match="token ids"):
+        generate(tiny_lm, [10**7])
