@@ -5,7 +5,8 @@ Same 128-token prompt (WikiText-2 test), batch 1, 64 new tokens (EOS ignored), g
   hf-static-compile transformers `generate` with its static cache + torch.compile (--hf-compile)
   ours-eager        our decode loop over the Hugging Face module (DynamicCache)
   fast-fp32/bf16/int8/int4   our fast decoder (static cache, fused weights, compiled step)
-  spec-*            speculative decoding: fast target + a draft, with acceptance rate
+  spec-*            speculative decoding: fast target + a draft, with acceptance rate and speed-up
+                    over its own target (exact target greedy output)
   llamacpp-*        llama.cpp on the shipped Q4_1 GGUF and on our own GGUF export (if installed)
 Every variant's speed is a ratio to hf-eager and to llama.cpp Q4_1 measured in this run; each
 quantized variant also gets KL divergence / top-1 agreement vs our float model on WikiText-2.
@@ -46,17 +47,31 @@ def prompt_ids(tok: Any, n: int) -> torch.Tensor:
     return tok(text[: n * 12], add_special_tokens=False, return_tensors="pt").input_ids[0, :n]
 
 
-def timed(fn: Callable[[], dict], repeats: int) -> dict:
-    fn()  # warm-up (and compile)
-    runs = [fn() for _ in range(repeats)]
-    out = {k: statistics.median(r[k] for r in runs) for k in ("prefill_ms", "decode_ms")}
-    out["decode_ms_p90"] = sorted(r["decode_ms"] for r in runs)[int(0.9 * (len(runs) - 1))]
+def timed(run: Callable[[int], list[int]], new: int, repeats: int) -> dict:
+    """Median prefill and per-token decode of `run(n) -> tokens` (greedy, n new tokens).
+
+    Each repeat times a 1-token run (prefill + first token) and a `new`-token run; decode per
+    token = (t_new - t_1) / (new - 1). Wall and process CPU time are both kept: on a shared
+    machine CPU time is the steadier of the two (it excludes time spent waiting for a core).
+    """
+    run(new)  # warm-up (and compile)
+    rows = []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        run(1)
+        w1, c1 = time.perf_counter(), time.process_time()
+        tokens = run(new)
+        w2, c2 = time.perf_counter(), time.process_time()
+        rows.append({"prefill_ms": (w1 - w0) * 1e3, "decode_ms": ((w2 - w1) - (w1 - w0)) / (new - 1) * 1e3,
+                     "prefill_cpu_ms": (c1 - c0) * 1e3,
+                     "decode_cpu_ms": ((c2 - c1) - (c1 - c0)) / (new - 1) * 1e3, "tokens": tokens})
+    out = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "tokens"}
     out["tokens_per_s"] = 1e3 / out["decode_ms"]
-    out.update({k: v for k, v in runs[-1].items() if k not in out})
+    out["tokens"] = rows[-1]["tokens"]
     return out
 
 
-def hf_generate(lm: Any, ids: torch.Tensor, new: int, static_compile: bool) -> Callable[[], dict]:
+def hf_generate(lm: Any, ids: torch.Tensor, static_compile: bool) -> Callable[[int], list[int]]:
     module = lm.module
     kw: dict[str, Any] = dict(do_sample=False, pad_token_id=lm.tokenizer.eos_token_id)
     if static_compile:
@@ -68,36 +83,28 @@ def hf_generate(lm: Any, ids: torch.Tensor, new: int, static_compile: bool) -> C
     x = ids[None].to(lm.device)
 
     @torch.inference_mode()
-    def run() -> dict:
-        t0 = time.perf_counter()
-        module.generate(x, max_new_tokens=1, min_new_tokens=1, **kw)
-        t1 = time.perf_counter()
-        out = module.generate(x, max_new_tokens=new, min_new_tokens=new, **kw)
-        t2 = time.perf_counter()
-        prefill = t1 - t0
-        return {"prefill_ms": prefill * 1e3, "decode_ms": ((t2 - t1) - prefill) / (new - 1) * 1e3,
-                "tokens": out[0, ids.numel():].tolist()}
+    def run(n: int) -> list[int]:
+        return module.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)[0, ids.numel():].tolist()
 
     return run
 
 
-def ours(lm: Any, ids: torch.Tensor, new: int, cfg: GenerationConfig, draft: Any = None) -> Callable[[], dict]:
-    def run() -> dict:
-        r = generate_result(lm, ids, cfg.replace(max_new_tokens=new, stop_on_eos=False), draft=draft)
-        out = {"prefill_ms": r.prefill_s * 1e3, "decode_ms": r.decode_ms_per_token, "tokens": r.token_ids}
-        if draft is not None:
-            out["acceptance"] = r.acceptance
-        return out
+def ours(lm: Any, ids: torch.Tensor, cfg: GenerationConfig, draft: Any = None, stats: dict | None = None
+         ) -> Callable[[int], list[int]]:
+    def run(n: int) -> list[int]:
+        r = generate_result(lm, ids, cfg.replace(max_new_tokens=n, stop_on_eos=False), draft=draft)
+        if draft is not None and stats is not None and n > 1:
+            stats["acceptance"] = r.acceptance
+        return r.token_ids
 
     return run
 
 
-def llama_run(path: Path, ids: torch.Tensor, new: int, threads: int) -> Callable[[], dict]:
+def llama_run(path: Path, ids: torch.Tensor, threads: int) -> Callable[[int], list[int]]:
     llm = llamacpp.LlamaCpp(path, n_ctx=512, threads=threads)
 
-    def run() -> dict:
-        toks, prefill, decode = llm.greedy(ids.tolist(), new)
-        return {"prefill_ms": prefill * 1e3, "decode_ms": decode / (new - 1) * 1e3, "tokens": toks}
+    def run(n: int) -> list[int]:
+        return llm.greedy(ids.tolist(), n)[0]
 
     return run
 
@@ -133,26 +140,27 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"{args.model} on {device} ({threads} threads), prompt {ids.numel()} tokens, {args.new_tokens} new", flush=True)
 
-    def record(name: str, fn: Callable[[], dict], **extra: Any) -> None:
+    def record(name: str, fn: Callable[[int], list[int]], **extra: Any) -> None:
         t0 = time.perf_counter()
         try:
-            rows[name] = {**timed(fn, args.repeats), **extra, "setup_s": None}
+            rows[name] = {**timed(fn, args.new_tokens, args.repeats), **extra}
         except Exception as e:  # noqa: BLE001 - one failing variant should not hide the others
             rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
         rows[name]["wall_s"] = round(time.perf_counter() - t0, 1)
         r = rows[name]
-        msg = r.get("error") or f"prefill {r['prefill_ms']:.1f} ms, decode {r['decode_ms']:.2f} ms/token"
+        msg = r.get("error") or (f"prefill {r['prefill_ms']:.1f} ms, decode {r['decode_ms']:.2f} ms/token "
+                                 f"(cpu {r['decode_cpu_ms']:.2f})")
         print(f"  {name:22s} {msg}  ({r['wall_s']} s)", flush=True)
 
     if want("hf-eager"):
-        record("hf-eager", hf_generate(lm, ids, args.new_tokens, False))
+        record("hf-eager", hf_generate(lm, ids, False))
     if want("hf-static-compile") and args.hf_compile:
-        record("hf-static-compile", hf_generate(lm, ids, args.new_tokens, True))
+        record("hf-static-compile", hf_generate(lm, ids, True))
     if want("ours-eager"):
-        record("ours-eager", ours(lm, ids, args.new_tokens, GenerationConfig()))
+        record("ours-eager", ours(lm, ids, GenerationConfig()))
     for name, (dtype, weights) in FAST.items():
         if want(name):
-            record(name, ours(lm, ids, args.new_tokens, GenerationConfig(fast=True, dtype=dtype, weights=weights)),
+            record(name, ours(lm, ids, GenerationConfig(fast=True, dtype=dtype, weights=weights)),
                    dtype=dtype, weights=weights)
     # the quantizers' own configs (leanlm.quantize), decoded by the fast path with their weights as is
     for name, make in (("quantize-int8-wo", "Int8WeightOnly()"), ("quantize-int4-wo-g32", "Int4WeightOnly(group_size=32)")):
@@ -161,15 +169,21 @@ def main() -> None:
 
             qlm = leanlm.quantize(lm, eval(make))
             quantized[name] = qlm
-            record(name, ours(qlm, ids, args.new_tokens, GenerationConfig(fast=True)), config=make)
-    spec_target = GenerationConfig(fast=True, dtype="bfloat16", draft_tokens=args.draft_tokens)
-    if want("spec-bf16+int4-self"):
-        draft = fast_decoder(lm, dtype="bfloat16", weights="int4")
-        record("spec-bf16+int4-self", ours(lm, ids, args.new_tokens, spec_target, draft), target="fast-bf16")
-    if want("spec-bf16+int4-half"):
-        half = layer_dropped(lm, keep_every=2)
-        draft = fast_decoder(half, dtype="bfloat16", weights="int4")
-        record("spec-bf16+int4-half", ours(lm, ids, args.new_tokens, spec_target, draft), target="fast-bf16")
+            record(name, ours(qlm, ids, GenerationConfig(fast=True)), config=make)
+    # speculative: exact fp32 / bf16 greedy output, drafted by the same weights packed to int4
+    # (high acceptance); "half" drafts with every other layer (no distillation: near-zero acceptance)
+    specs = {"spec-fp32+int4-self": ("float32", lambda: lm), "spec-bf16+int4-self": ("bfloat16", lambda: lm),
+             "spec-bf16+int4-half": ("bfloat16", lambda: layer_dropped(lm, keep_every=2))}
+    for name, (dtype, draft_model) in specs.items():
+        if want(name) and (name != "spec-bf16+int4-half" or only):
+            cfg = GenerationConfig(fast=True, dtype=dtype, draft_tokens=args.draft_tokens)
+            draft, st = fast_decoder(draft_model(), dtype="bfloat16", weights="int4"), {}
+            record(name, ours(lm, ids, cfg, draft, st), target=f"fast-{'fp32' if dtype == 'float32' else 'bf16'}")
+            rows[name].update(st)
+            target = rows.get(rows[name].get("target", ""), {})
+            if "decode_ms" in target and "decode_ms" in rows[name]:
+                rows[name]["speedup_vs_target"] = target["decode_ms"] / rows[name]["decode_ms"]
+                rows[name]["cpu_speedup_vs_target"] = target["decode_cpu_ms"] / rows[name]["decode_cpu_ms"]
 
     gguf_files: dict[str, Path] = {}
     if llamacpp.available() and device.type == "cpu":
@@ -189,7 +203,7 @@ def main() -> None:
                 gguf_files[name] = export_gguf(lm, tmp / f"model-{typ}.gguf", typ)
         for name, path in gguf_files.items():
             if want(name):
-                record(name, llama_run(path, ids, args.new_tokens, threads), gguf=str(path.name))
+                record(name, llama_run(path, ids, threads), gguf=str(path.name))
     elif not llamacpp.available():
         print("  llama.cpp rows skipped: pip install llama-cpp-python", flush=True)
 
@@ -199,6 +213,9 @@ def main() -> None:
         if base_tokens and "tokens" in r:
             n = next((i for i, (a, b) in enumerate(zip(r["tokens"], base_tokens)) if a != b), len(base_tokens))
             r["same_tokens_as_hf"] = n  # leading tokens identical to transformers' greedy output
+        target = rows.get(r.get("target", ""), {})
+        if "tokens" in target and "tokens" in r:
+            r["same_as_target"] = r["tokens"] == target["tokens"]  # speculative output must be exact
 
     # quality of each quantized variant vs our float model (KLD, top-1) on WikiText-2
     if args.kld_tokens:
@@ -228,7 +245,7 @@ def _report(rows: dict, args: Any, device: torch.device, threads: int, load: dic
     base = rows.get("hf-eager", {}).get("decode_ms")
     peer = rows.get("llamacpp-q4_1-shipped", {}).get("decode_ms")
     print()
-    head = f"{'variant':22s} {'prefill ms':>10s} {'decode ms':>10s} {'tok/s':>8s} {'x hf-eager':>10s} {'x llama.cpp':>11s} {'accept':>7s} {'KLD':>8s} {'top-1':>6s} {'same':>5s}"
+    head = f"{'variant':22s} {'prefill ms':>10s} {'decode ms':>10s} {'cpu ms':>8s} {'tok/s':>8s} {'x hf-eager':>10s} {'(cpu)':>6s} {'x llama.cpp':>11s} {'(cpu)':>6s} {'accept':>7s} {'KLD':>8s} {'top-1':>6s} {'same':>5s}"
     print(head)
     print("-" * len(head))
     for name, r in rows.items():
@@ -237,11 +254,14 @@ def _report(rows: dict, args: Any, device: torch.device, threads: int, load: dic
             continue
         if base:
             r["speedup_vs_hf_eager"] = base / r["decode_ms"]
+            r["cpu_speedup_vs_hf_eager"] = rows["hf-eager"]["decode_cpu_ms"] / r["decode_cpu_ms"]
         if peer:
             r["speed_vs_llamacpp_q4_1"] = peer / r["decode_ms"]
+            r["cpu_speed_vs_llamacpp_q4_1"] = rows["llamacpp-q4_1-shipped"]["decode_cpu_ms"] / r["decode_cpu_ms"]
         q = r.get("quality", {})
-        print(f"{name:22s} {r['prefill_ms']:10.1f} {r['decode_ms']:10.2f} {r['tokens_per_s']:8.1f} "
-              f"{_fmt(r.get('speedup_vs_hf_eager'), 10, 2)} {_fmt(r.get('speed_vs_llamacpp_q4_1'), 11, 2)} "
+        print(f"{name:22s} {r['prefill_ms']:10.1f} {r['decode_ms']:10.2f} {r['decode_cpu_ms']:8.2f} {r['tokens_per_s']:8.1f} "
+              f"{_fmt(r.get('speedup_vs_hf_eager'), 10, 2)} {_fmt(r.get('cpu_speedup_vs_hf_eager'), 6, 2)} "
+              f"{_fmt(r.get('speed_vs_llamacpp_q4_1'), 11, 2)} {_fmt(r.get('cpu_speed_vs_llamacpp_q4_1'), 6, 2)} "
               f"{_fmt(r.get('acceptance'), 7, 2)} {_fmt(q.get('kld'), 8, 4)} {_fmt(q.get('top1'), 6, 3)} "
               f"{r.get('same_tokens_as_hf', ''):>5}")
     out = {"benchmark": "decode", "model": args.model, "device": str(device), "threads": threads,

@@ -39,25 +39,32 @@ SMALL_T = 16  # up to this many new tokens per forward, attention is computed wi
 
 # --------------------------------------------------------------------------- packed linear layers
 
-def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8: w ~= q * scale[:, None]. w: (N, K)."""
+def quantize_int8(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: w ~= q * scale[:, None]. w: (N, K).
+
+    The scale is rounded to `dtype` (what the kernel multiplies by) before rounding q, so the
+    kernel computes exactly the quantized weight rather than one with a per-row gain error.
+    """
     w = w.float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+    scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(dtype).float()
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scale
 
 
-def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quantize_int4(w: torch.Tensor, group: int = INT4_GROUP, dtype: torch.dtype = torch.float32
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric groupwise int4 in tinygemm's convention: w ~= (q - 8) * scale + zero.
 
-    Returns q (N, K) int32 in [0, 15], scale and zero (N, K // group).
+    Returns q (N, K) int32 in [0, 15], scale and zero (N, K // group), both already rounded to
+    `dtype` (the kernel's) so q is chosen against the values the kernel will use.
     """
     n, k = w.shape
     g = w.float().reshape(n, k // group, group)
     lo, hi = g.amin(-1), g.amax(-1)
-    scale = ((hi - lo) / 15).clamp(min=1e-12)
-    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.int32).reshape(n, k)
-    return q, scale, lo + 8 * scale
+    scale = ((hi - lo) / 15).clamp(min=1e-12).to(dtype).float()
+    zero = (lo + 8 * scale).to(dtype).float()
+    q = torch.round((g - zero[..., None]) / scale[..., None] + 8).clamp(0, 15).to(torch.int32).reshape(n, k)
+    return q, scale, zero
 
 
 class PackedLinear(nn.Module):
@@ -73,14 +80,14 @@ class PackedLinear(nn.Module):
         if kind == "float":
             self.weight = nn.Parameter(weight.detach().to(dtype).contiguous(), requires_grad=False)
         elif kind == "int8":
-            q, s = quantize_int8(weight)
+            q, s = quantize_int8(weight, dtype)
             self.weight = nn.Parameter(q, requires_grad=False)
             self.scale = nn.Parameter(s.to(dtype), requires_grad=False)
         elif kind == "int4":
             k = weight.shape[1]
             if k % INT4_GROUP:
                 raise UnsupportedError(f"int4 weights need in_features divisible by {INT4_GROUP}, got {k}")
-            self._pack_int4(*quantize_int4(weight), INT4_GROUP, dtype)
+            self._pack_int4(*quantize_int4(weight, INT4_GROUP, dtype), INT4_GROUP, dtype)
         else:
             raise ValueError(kind)
         self.bias = None if bias is None else nn.Parameter(bias.detach().to(dtype), requires_grad=False)
@@ -187,7 +194,9 @@ class Fused(nn.Module):
         self.parts = nn.ModuleList()
         bias = None if any(b is None for b in biases) else torch.cat([b.detach().float() for b in biases])
         if plain:
-            self.parts.append(PackedLinear(torch.cat([w.detach().float() for w in weights]), bias, kind, dtype))
+            # a single float weight in the model's dtype is shared, not copied
+            w = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach().float() for w in weights])
+            self.parts.append(PackedLinear(w, bias, kind, dtype))
         elif int8 and all(p is not None for p in int8):
             q = torch.cat([p[0] for p in int8])
             s = torch.cat([p[1].reshape(-1).float() for p in int8])
@@ -314,7 +323,6 @@ class FastLlama(nn.Module):
         self.register_buffer("sin", (embp.sin() * scaling).to(self.attn_dtype), persistent=False)
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
-        self.layer_fn = layer_forward
         self.to(device)
 
     @property

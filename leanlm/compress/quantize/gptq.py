@@ -46,7 +46,7 @@ class GPTQ(BaseConfig):
         >>> leanlm.quantize_(model, GPTQ(group_size=64), calibration=texts)
     """
 
-    group_size: int = 64
+    group_size: int = 32
     damp_percent: float = 0.01
     act_order: bool = False
     block_size: int = 128
