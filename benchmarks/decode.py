@@ -4,11 +4,13 @@ Same 128-token prompt (WikiText-2 test), batch 1, 64 new tokens (EOS ignored), g
   hf-eager          transformers `generate` (stock baseline)
   hf-static-compile transformers `generate` with its static cache + torch.compile (--hf-compile)
   ours-eager        our decode loop over the Hugging Face module (DynamicCache)
-  fast-fp32/bf16/int8/int4   our fast decoder (static cache, fused weights, compiled step)
+  fast-fp32/bf16/int8/int4   our fast decoder (static cache, fused weights, one compiled layer reused)
+  fast-int8/int4-whole       the same with the whole forward compiled as one graph (compile_scope="model")
   spec-*            speculative decoding: fast target + a draft, with acceptance rate and speed-up
                     over its own target (exact target greedy output)
   llamacpp-*        llama.cpp on the shipped Q4_1 GGUF and on our own GGUF export (if installed)
-Every variant's speed is a ratio to hf-eager and to llama.cpp Q4_1 measured in this run; each
+Every variant's speed is a ratio to hf-eager, to llama.cpp Q4_1 and to the fastest llama.cpp file
+with the same weight bits (x same-bits: q8_0 for int8, q4_0/q4_1 for int4) measured in this run; each
 quantized variant also gets KL divergence / top-1 agreement vs our float model on WikiText-2.
 Runs unchanged on a GPU machine (--device auto picks CUDA; llama.cpp rows then run on CPU).
 
@@ -38,8 +40,13 @@ from leanlm.generate.speculative import layer_dropped
 from leanlm.runtime import llamacpp
 from leanlm.runtime.device import pick_device, to_device
 
-FAST = {"fast-fp32": ("float32", "auto"), "fast-bf16": ("bfloat16", "auto"),
-        "fast-int8": ("bfloat16", "int8"), "fast-int4": ("bfloat16", "int4")}
+FAST = {"fast-fp32": ("float32", "auto", "layer"), "fast-bf16": ("bfloat16", "auto", "layer"),
+        "fast-int8": ("bfloat16", "int8", "layer"), "fast-int4": ("bfloat16", "int4", "layer"),
+        # the whole forward as one compiled graph (compile_scope="model"): ~1 min to compile each
+        "fast-int8-whole": ("bfloat16", "int8", "model"), "fast-int4-whole": ("bfloat16", "int4", "model")}
+# bits of each variant's weights, to compare with llama.cpp at the same bits (its fastest such file)
+BITS = {"fast-int8": 8, "fast-int4": 4, "fast-int8-whole": 8, "fast-int4-whole": 4, "quantize-int8-wo": 8,
+        "quantize-int4-wo-g32": 4, "llamacpp-q8_0-ours": 8, "llamacpp-q4_0-ours": 4, "llamacpp-q4_1-shipped": 4}
 
 
 def prompt_ids(tok: Any, n: int) -> torch.Tensor:
@@ -158,10 +165,10 @@ def main() -> None:
         record("hf-static-compile", hf_generate(lm, ids, True))
     if want("ours-eager"):
         record("ours-eager", ours(lm, ids, GenerationConfig()))
-    for name, (dtype, weights) in FAST.items():
+    for name, (dtype, weights, scope) in FAST.items():
         if want(name):
-            record(name, ours(lm, ids, GenerationConfig(fast=True, dtype=dtype, weights=weights)),
-                   dtype=dtype, weights=weights)
+            cfg = GenerationConfig(fast=True, dtype=dtype, weights=weights, compile_scope=scope)
+            record(name, ours(lm, ids, cfg), dtype=dtype, weights=weights, compile_scope=scope)
     # the quantizers' own configs (leanlm.quantize), decoded by the fast path with their weights as is
     for name, make in (("quantize-int8-wo", "Int8WeightOnly()"), ("quantize-int4-wo-g32", "Int4WeightOnly(group_size=32)")):
         if want(name):
@@ -187,7 +194,7 @@ def main() -> None:
 
     gguf_files: dict[str, Path] = {}
     if llamacpp.available() and device.type == "cpu":
-        from leanlm.models.registry import BUNDLED, SMOLLM2_GGUF
+        from leanlm.models.registry import SMOLLM2_GGUF
 
         if args.model == "smollm2-135m":
             import importlib.util
@@ -220,8 +227,12 @@ def main() -> None:
     # quality of each quantized variant vs our float model (KLD, top-1) on WikiText-2
     if args.kld_tokens:
         reference = fast_decoder(lm, dtype="float32", compile=False)
-        for name, (dtype, weights) in FAST.items():
+        for name, (dtype, weights, scope) in FAST.items():
             if name == "fast-fp32" or name not in rows or "error" in rows[name]:
+                continue
+            twin = rows.get(name.removesuffix("-whole"), {})
+            if scope == "model" and "quality" in twin:  # same weights and math as the per-layer row
+                rows[name]["quality"] = twin["quality"]
                 continue
             q = fast_decoder(lm, dtype=dtype, weights=weights, compile=False)
             rows[name]["quality"] = _kld(q, reference, lm, args.kld_tokens)
@@ -237,6 +248,13 @@ def main() -> None:
 
 
 def _kld(model: Any, reference: Any, lm: Any, tokens: int) -> dict:
+    try:
+        return _kld_or_raise(model, reference, lm, tokens)
+    except Exception as e:  # noqa: BLE001 - a failing quality pass must not lose the timings
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+
+
+def _kld_or_raise(model: Any, reference: Any, lm: Any, tokens: int) -> dict:
     r = compare(model, reference, tokens=tokens, window=512, stride=256, tokenizer=lm.tokenizer)
     return {k: r[k] for k in ("kld", "kld_ci", "top1", "top1_ci", "perplexity", "reference_perplexity", "tokens")}
 
@@ -245,7 +263,14 @@ def _report(rows: dict, args: Any, device: torch.device, threads: int, load: dic
     base = rows.get("hf-eager", {}).get("decode_ms")
     peer = rows.get("llamacpp-q4_1-shipped", {}).get("decode_ms")
     print()
-    head = f"{'variant':22s} {'prefill ms':>10s} {'decode ms':>10s} {'cpu ms':>8s} {'tok/s':>8s} {'x hf-eager':>10s} {'(cpu)':>6s} {'x llama.cpp':>11s} {'(cpu)':>6s} {'accept':>7s} {'KLD':>8s} {'top-1':>6s} {'same':>5s}"
+    # llama.cpp at the same weight bits: its fastest such row in this run
+    same_bits = {}
+    for bits in (4, 8):
+        peers = [(r["decode_ms"], n) for n, r in rows.items()
+                 if n.startswith("llamacpp") and BITS.get(n) == bits and "decode_ms" in r]
+        if peers:
+            same_bits[bits] = min(peers)
+    head = f"{'variant':22s} {'prefill ms':>10s} {'decode ms':>10s} {'cpu ms':>8s} {'tok/s':>8s} {'x hf-eager':>10s} {'(cpu)':>6s} {'x llama.cpp':>11s} {'(cpu)':>6s} {'x same-bits':>11s} {'accept':>7s} {'KLD':>8s} {'top-1':>6s} {'same':>5s}"
     print(head)
     print("-" * len(head))
     for name, r in rows.items():
@@ -258,10 +283,14 @@ def _report(rows: dict, args: Any, device: torch.device, threads: int, load: dic
         if peer:
             r["speed_vs_llamacpp_q4_1"] = peer / r["decode_ms"]
             r["cpu_speed_vs_llamacpp_q4_1"] = rows["llamacpp-q4_1-shipped"]["decode_cpu_ms"] / r["decode_cpu_ms"]
+        if BITS.get(name) in same_bits and not name.startswith("llamacpp"):
+            ms, peer_name = same_bits[BITS[name]]
+            r["speed_vs_llamacpp_same_bits"], r["llamacpp_same_bits"] = ms / r["decode_ms"], peer_name
         q = r.get("quality", {})
         print(f"{name:22s} {r['prefill_ms']:10.1f} {r['decode_ms']:10.2f} {r['decode_cpu_ms']:8.2f} {r['tokens_per_s']:8.1f} "
               f"{_fmt(r.get('speedup_vs_hf_eager'), 10, 2)} {_fmt(r.get('cpu_speedup_vs_hf_eager'), 6, 2)} "
               f"{_fmt(r.get('speed_vs_llamacpp_q4_1'), 11, 2)} {_fmt(r.get('cpu_speed_vs_llamacpp_q4_1'), 6, 2)} "
+              f"{_fmt(r.get('speed_vs_llamacpp_same_bits'), 11, 2)} "
               f"{_fmt(r.get('acceptance'), 7, 2)} {_fmt(q.get('kld'), 8, 4)} {_fmt(q.get('top1'), 6, 3)} "
               f"{r.get('same_tokens_as_hf', ''):>5}")
     out = {"benchmark": "decode", "model": args.model, "device": str(device), "threads": threads,

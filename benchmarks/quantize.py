@@ -12,7 +12,7 @@ run (leanlm.bench.measure.benchmark), so load drift on a shared machine hits eve
 Usage:
     python benchmarks/quantize.py --model runs/sentiment              # a fine-tuned classifier
     python benchmarks/quantize.py --methods int8-static,half --no-memory --repeats 5
-    python benchmarks/quantize.py --variant 'int8-static:{"calibration": "entropy"}' --out reports/quant
+    python benchmarks/quantize.py --variant 'int8-static:{"range_method": "entropy"}' --out reports/quant
 
 Without --model the bundled MiniLM gets an untrained classification head: speed and fidelity
 are meaningful, accuracy deltas are not.
@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-variants", action="store_true", help="skip the built-in backend variants")
     p.add_argument("--no-peers", action="store_true", help="skip the ONNX Runtime / OpenVINO peers")
     p.add_argument("--compile", action="store_true", help="also time torch-backend results under torch.compile")
+    p.add_argument("--ov-static", action="store_true",
+                   help="also time every OpenVINO row with static shapes (b1 and b32 x 128), peer included")
     p.add_argument("--no-embedding", action="store_true", help="skip the MiniLM embedding-fidelity pass")
     p.add_argument("--calibration", type=int, default=256, help="calibration texts from the training split")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate accuracy on at most N test texts")
@@ -101,7 +103,7 @@ def ort_dynamic_peer(model: Any) -> Any:
 
 
 def build(base: Any, items: list[tuple[str, Any]], calibration: list[str], peers: bool, compile_: bool,
-          log: Any) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+          log: Any, ov_static: bool = False) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
     """Quantize `base` with every config; returns (name -> model, name -> skip reason, name -> build s)."""
     from leanlm.compress.quantize import QuantContext, quantize
     from leanlm.errors import LeanlmError
@@ -125,6 +127,10 @@ def build(base: Any, items: list[tuple[str, Any]], calibration: list[str], peers
             continue
         seconds[name] = time.perf_counter() - t0
         log(f"  built {name} in {seconds[name]:.0f} s")
+        if ov_static and models[name].backend == "openvino":
+            from leanlm.runtime.openvino import with_shapes
+
+            models[name + " + static shapes"] = with_shapes(models[name], [(1, 128), (32, 128)])
         if compile_ and models[name].backend == "torch" and name != BASELINE:
             from leanlm.runtime.torch_compile import compile_model
 
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         clf = leanlm.load("minilm-l6", labels=splits.train.label_names)
         notes.append("no --model: MiniLM with an UNTRAINED classification head; accuracy deltas are meaningless")
     log(f"building {len(items)} quantized models (+ peers) of {clf.record.base_model} ...")
-    models, skipped, seconds = build(clf, items, calibration, not args.no_peers, args.compile, log)
+    models, skipped, seconds = build(clf, items, calibration, not args.no_peers, args.compile, log, args.ov_static)
 
     bench = BenchConfig(repeats=args.repeats, throughput_repeats=args.throughput_repeats, warmup=args.warmup,
                         threads=threads, memory=not args.no_memory, eval_limit=args.eval_limit)
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                 fidelity[name] = embedding_fidelity(emb, m, texts)["mean_cosine"]
         fidelity[BASELINE] = 1.0
         for row in res.rows:
-            base_name = row["name"].removesuffix(" + compile")
+            base_name = row["name"].removesuffix(" + compile").removesuffix(" + static shapes")
             if base_name in fidelity:
                 row["embedding_mean_cosine"] = fidelity[base_name]
 

@@ -36,6 +36,8 @@ def generate_cmd(
     system: Optional[str] = typer.Option(None, help="System message (with --chat)."),
     fast: bool = typer.Option(False, "--fast/--no-fast", help="Fast decoder: static cache + compiled step."),
     compile: bool = typer.Option(True, "--compile/--no-compile", help="With --fast: compile the decode step."),
+    compile_scope: str = typer.Option("layer", help="With --fast: compile one 'layer' (seconds) or the whole "
+                                      "'model' (about a minute; faster per token)."),
     dtype: str = typer.Option("auto", help="Fast decoder dtype: auto, float32, bfloat16, float16."),
     weights: str = typer.Option("auto", help="Fast decoder weights: auto, int8, int4."),
     device: str = typer.Option("auto", help="auto (GPU if available), cpu or cuda."),
@@ -50,8 +52,8 @@ def generate_cmd(
 
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()), chat=chat,
-                           system=system, fast=fast, compile=compile, dtype=dtype, weights=weights,
-                           draft_tokens=draft_tokens)
+                           system=system, fast=fast, compile=compile, compile_scope=compile_scope, dtype=dtype,
+                           weights=weights, draft_tokens=draft_tokens)
     lm = _load(model, device)
     drafter = _draft(lm, draft, cfg, device) if draft else None
     if stream:
@@ -78,7 +80,7 @@ def _draft(lm, spec: str, cfg, device: str):
     if spec in ("self-int4", "self-int8"):
         if not cfg.fast:
             raise ConfigError(f"--draft {spec} packs the model's own weights for the fast decoder; add --fast")
-        return fast_decoder(lm, weights=spec.split("-")[1], compile=cfg.compile)
+        return fast_decoder(lm, weights=spec.split("-")[1], compile=cfg.compile, scope=cfg.compile_scope)
     if spec.startswith("layers-"):
         k = spec.split("-", 1)[1]
         if not k.isdigit() or int(k) < 2:

@@ -117,7 +117,8 @@ def make_decoder(model: Any, config: GenerationConfig) -> Any:
     if config.fast:
         from leanlm.generate.fast import fast_decoder
 
-        return fast_decoder(model, dtype=config.dtype, weights=config.weights, compile=config.compile)
+        return fast_decoder(model, dtype=config.dtype, weights=config.weights, compile=config.compile,
+                            scope=config.compile_scope)
     return EagerDecoder(model.module)
 
 

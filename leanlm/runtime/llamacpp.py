@@ -60,6 +60,7 @@ class LlamaCpp:
                                    n_batch=min(n_ctx, 2048), n_ubatch=min(n_ctx, 2048), logits_all=logits_all,
                                    verbose=False)
         self.n_ctx = n_ctx
+        self.logits_all = logits_all  # llama-cpp-python keeps it on Llama, not in its context params
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
@@ -91,7 +92,7 @@ class LlamaCpp:
 
     def logits(self, ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """Logits (T, V) for every position of `ids` in a fresh context (needs logits_all=True)."""
-        if not self.llm.context_params.logits_all:
+        if not self.logits_all:
             raise UnsupportedError("LlamaCpp.logits needs logits_all=True")
         ids = [int(i) for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
         self.llm.reset()

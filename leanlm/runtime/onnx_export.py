@@ -199,9 +199,14 @@ def _export_torchscript(wrapped: torch.nn.Module, sample: dict, names: list[str]
 def _export_dynamo(wrapped: torch.nn.Module, sample: dict, names: list[str], out_name: str, path: Path,
                    opset: int) -> None:
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
-    program = torch.onnx.export(wrapped, tuple(sample[n] for n in names), input_names=names, output_names=[out_name],
-                                dynamic_shapes=tuple({0: batch, 1: seq} for _ in names), opset_version=opset,
-                                dynamo=True, verbose=False)
+    # forward(*args): the spec is one entry (for *args) holding one dict per input
+    spec = (tuple({0: batch, 1: seq} for _ in names),)
+    try:
+        program = torch.onnx.export(wrapped, tuple(sample[n] for n in names), input_names=names,
+                                    output_names=[out_name], dynamic_shapes=spec, opset_version=opset,
+                                    dynamo=True, verbose=False)
+    except Exception as e:  # torch.export raises many internal error types
+        raise UnsupportedError(f"the dynamo ONNX exporter failed: {str(e).splitlines()[0][:300]}") from e
     program.save(str(path), external_data=False)
 
 

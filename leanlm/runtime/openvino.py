@@ -14,6 +14,8 @@ A model directory for this backend holds `model.onnx` (or `model.xml` + `model.b
   batch 32 alike. THROUGHPUT splits the cores into streams, which only pays off when many
   requests run concurrently (e.g. a server issuing async requests), so it is opt-in.
 - threads: INFERENCE_NUM_THREADS = $LEANLM_THREADS, else every core this process may use.
+- shapes: optional static (batch, sequence) shapes compiled besides the dynamic graph
+  (`with_shapes`); inputs of exactly such a shape run the static graph (~10% faster here).
 
 Example:
     >>> ov_model = convert(leanlm.load("minilm-l6"), "openvino", precision="bf16")
@@ -26,7 +28,7 @@ import io
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -81,38 +83,82 @@ class OvRunner:
     """
 
     def __init__(self, source: GraphSource, config: Any = None, precision: str = "fp32", hint: str = "latency",
-                 threads: int | None = None):
+                 threads: int | None = None, shapes: Sequence[Sequence[int]] = ()):
         if hint not in HINTS:
             raise UnsupportedError(f"openvino hint must be 'latency' or 'throughput', got {hint!r}")
         self.source, self.config, self.hint = source, config, hint
         self.precision = effective_precision(precision)
         self.requested_precision = precision
         self.threads = threads or thread_count()
-        try:
-            if source.data is not None:
-                model = core().read_model(io.BytesIO(source.data))
-            else:
-                model = core().read_model(str(source.path))
-            props = {
-                "INFERENCE_PRECISION_HINT": PRECISIONS[self.precision],
-                "PERFORMANCE_HINT": hint.upper(),
-                "INFERENCE_NUM_THREADS": self.threads,
-            }
-            self.compiled = core().compile_model(model, "CPU", props)
-        except RuntimeError as e:
-            raise ArtifactError(f"OpenVINO cannot compile the graph: {str(e).splitlines()[0]}") from e
-        del model  # the compiled model keeps what it needs
+        self.shapes = _check_shapes(shapes)
+        self.props = {
+            "INFERENCE_PRECISION_HINT": PRECISIONS[self.precision],
+            "PERFORMANCE_HINT": hint.upper(),
+            "INFERENCE_NUM_THREADS": self.threads,
+        }
+        self.compiled = self._compile(None)
         self.request = self.compiled.create_infer_request()
+        # (batch, sequence) -> (compiled, request) for the static shapes; others use the dynamic graph
+        self.static = {shape: self._static(shape) for shape in self.shapes}
         self.inputs = {p.get_any_name(): _NP.get(p.get_element_type().get_type_name(), np.int64)
                        for p in self.compiled.inputs}
 
+    def _compile(self, shape: tuple[int, int] | None) -> Any:
+        try:
+            src = self.source
+            model = core().read_model(io.BytesIO(src.data) if src.data is not None else str(src.path))
+            if shape is not None:
+                model.reshape({p.get_any_name(): list(shape) for p in model.inputs})
+            return core().compile_model(model, "CPU", self.props)
+        except RuntimeError as e:
+            raise ArtifactError(f"OpenVINO cannot compile the graph: {str(e).splitlines()[0]}") from e
+
+    def _static(self, shape: tuple[int, int]) -> tuple[Any, Any]:
+        compiled = self._compile(shape)
+        return compiled, compiled.create_infer_request()
+
     def __call__(self, **batch: torch.Tensor) -> torch.Tensor:
+        feed = to_feed(batch, self.inputs)
+        compiled, request = self.static.get(next(iter(feed.values())).shape, (self.compiled, self.request))
         # share_inputs: the arrays live until infer returns; outputs are copied (default)
-        result = self.request.infer(to_feed(batch, self.inputs), share_inputs=True)
-        return torch.from_numpy(np.asarray(result[self.compiled.output(0)]))
+        result = request.infer(feed, share_inputs=True)
+        return torch.from_numpy(np.asarray(result[compiled.output(0)]))
 
     def __deepcopy__(self, memo: dict) -> "OvRunner":
-        return OvRunner(self.source, copy.deepcopy(self.config, memo), self.requested_precision, self.hint, self.threads)
+        return OvRunner(self.source, copy.deepcopy(self.config, memo), self.requested_precision, self.hint,
+                        self.threads, self.shapes)
+
+
+def _check_shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
+    out = []
+    for shape in shapes:
+        if len(shape) != 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            raise UnsupportedError(f"openvino static shapes are (batch, sequence) pairs of positive integers, got {shape!r}")
+        out.append((int(shape[0]), int(shape[1])))
+    return tuple(dict.fromkeys(out))
+
+
+def with_shapes(model: LeanModel, shapes: Sequence[Sequence[int]]) -> LeanModel:
+    """A copy of an OpenVINO model that also compiles static (batch, sequence) shapes.
+
+    OpenVINO's CPU plugin plans memory and picks kernels once for a static shape; on MiniLM at
+    batch 32 x 128 that measured ~10% faster than the dynamic-shape graph. Inputs of exactly a
+    listed shape (e.g. the benchmark's, or a server's fixed padding) use the static graph, any
+    other shape the dynamic one. Recorded in extra.runtime.shapes, so loading recompiles them.
+
+    Example:
+        >>> fast = with_shapes(convert(m, "openvino", "bf16"), [(1, 128), (32, 128)])
+    """
+    if not isinstance(model.runner, OvRunner):
+        raise UnsupportedError(f"static shapes are an OpenVINO setting; this model runs on {model.backend}")
+    r = model.runner
+    shapes = _check_shapes(shapes)
+    runner = OvRunner(r.source, copy.deepcopy(r.config), r.requested_precision, r.hint, r.threads, shapes)
+    record = copy.deepcopy(model.record)
+    record.extra["runtime"] = {**record.extra.get("runtime", {}), "shapes": [list(s) for s in shapes]}
+    out = LeanModel(None, model.tokenizer, record, runner=runner)
+    out.path = model.path
+    return out
 
 
 def ov_model(source: GraphSource, model: LeanModel, info: dict[str, Any], precision: str = "fp32",
@@ -157,7 +203,8 @@ class OpenVinoBackend:
         if path.suffix == ".xml" and not path.with_suffix(".bin").exists():
             raise ArtifactError(f"{directory} is incomplete: {path.with_suffix('.bin').name} is missing")
         rt = record.extra.get("runtime", {})
-        runner = OvRunner(GraphSource(path=path), config, rt.get("precision", "fp32"), rt.get("hint", "latency"))
+        runner = OvRunner(GraphSource(path=path), config, rt.get("precision", "fp32"), rt.get("hint", "latency"),
+                          shapes=rt.get("shapes", ()))
         return LeanModel(None, tokenizer, record, runner=runner)
 
 

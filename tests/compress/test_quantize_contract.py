@@ -40,7 +40,7 @@ CONTRACT = [
     (Half("bf16", force=True), "tiny_lm", 25.0),
     (Int8Dynamic(backend="onnxruntime"), "tiny_clf", 20.0),
     (Int8Static(), "tiny_clf", 20.0),
-    (Int8Static(backend="onnxruntime", calibration="percentile"), "tiny_emb", 40.0),
+    (Int8Static(backend="onnxruntime", range_method="percentile"), "tiny_emb", 40.0),
 ]
 
 

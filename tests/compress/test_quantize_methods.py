@@ -197,6 +197,20 @@ def test_cli_quantize(tiny_dir, tmp_path):
     assert leanlm.load(out).record.techniques[-1]["fold"] is False
 
 
+def test_cli_int8_static_range_method_and_calibration_dataset(tiny_dir, tmp_path):
+    # the method option (--range-method) and the calibration dataset (--calibration) are distinct
+    from leanlm.cli import app
+
+    out = tmp_path / "s"
+    r = CliRunner().invoke(app, ["quantize", str(tiny_dir), str(out), "int8-static", "--backend", "onnxruntime",
+                                 "--range-method", "percentile", "--samples", "16", "--calibration", "movie-snippets",
+                                 "--calibration-size", "16"])
+    assert r.exit_code == 0, r.output
+    back = leanlm.load(out)
+    assert back.backend == "onnxruntime" and back.record.techniques[-1]["range_method"] == "percentile"
+    assert back.record.extra["int8-static"]["calibration"] == {"dataset": "movie-snippets", "texts": 16}
+
+
 @pytest.mark.parametrize("args,needle", [
     (["int5-magic"], "Valid:"),
     (["int4-weight-only", "--group-sise", "32"], "unknown option '--group-sise'"),

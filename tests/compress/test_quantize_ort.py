@@ -51,7 +51,7 @@ def test_int8_dynamic_onnxruntime_unfused_per_tensor(tiny_emb, tmp_path, sentenc
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
 def test_int8_static_onnxruntime(method, tiny_emb, tmp_path, sentences, calibration):
-    config = Int8Static(backend="onnxruntime", calibration=method)
+    config = Int8Static(backend="onnxruntime", range_method=method)
     q = leanlm.quantize(tiny_emb, config, QuantContext(calibration=calibration, max_length=32))
     info = q.record.extra["int8-static"]
     assert q.backend == "onnxruntime" and info["quantize_nodes"] > 0 and info["calibration_texts"] == 16
@@ -118,7 +118,7 @@ def test_refuses_quantized_and_unsupported_models(tiny_emb, tiny_lm, calibration
     (lambda: Int8Dynamic(per_channel=False), "per_channel"),
     (lambda: Int8Dynamic(embeddings=True), "embeddings"),
     (lambda: Int8Static(backend="torch"), "backend"),
-    (lambda: Int8Static(calibration="kl"), "calibration"),
+    (lambda: Int8Static(range_method="kl"), "range_method"),
     (lambda: Int8Static(percentile=50.0), "percentile"),
     (lambda: Int8Static(samples=4), "samples"),
     (lambda: Int8Static(activations="int4"), "activations"),
@@ -137,5 +137,5 @@ def test_invalid_options(make, match):
 
 def test_configs_round_trip_json():
     for config in (Int8Dynamic(backend="onnxruntime", per_channel=False),
-                   Int8Static(calibration="entropy", op_types=("MatMul", "Gather"), exclude_nodes=("/a/MatMul",))):
+                   Int8Static(range_method="entropy", op_types=("MatMul", "Gather"), exclude_nodes=("/a/MatMul",))):
         assert BaseConfig.from_json(config.to_json()) == config

@@ -32,6 +32,23 @@ def test_compiled_fast_fp32_matches_eager_greedy(smollm2, reference):
     assert fast.token_ids == reference.token_ids
 
 
+def test_whole_model_scope_matches_layer_scope(tiny_lm):
+    # scope="model" compiles the whole forward as one graph: same tokens and logits as per-layer
+    cfg = dict(max_new_tokens=12, stop_on_eos=False, fast=True, dtype="float32")
+    layer = generate_result(tiny_lm, PROMPT, **cfg)
+    model = generate_result(tiny_lm, PROMPT, compile_scope="model", **cfg)
+    eager = generate_result(tiny_lm, PROMPT, **{**cfg, "fast": False})
+    assert model.token_ids == layer.token_ids == eager.token_ids
+    a, b = (fast_decoder(tiny_lm, dtype="float32", scope=s) for s in ("layer", "model"))
+    ids = torch.tensor([5, 9, 11, 3])
+    for dec in (a, b):
+        dec.reset(64)
+        dec.forward(ids)
+    torch.testing.assert_close(a.forward(torch.tensor([7])), b.forward(torch.tensor([7])), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ConfigError, match="compile_scope"):
+        GenerationConfig(fast=True, compile_scope="graph")
+
+
 def test_adopts_quantized_weights_from_quantize(smollm2):
     from leanlm.compress.quantize.weight_only import Int4WeightOnly, Int8WeightOnly
 
@@ -69,8 +86,14 @@ def test_packed_linear_error_is_bounded(kind, tol):
     torch.manual_seed(0)
     w, x = torch.randn(100, 128), torch.randn(3, 128)  # 100 rows: not a multiple of the packing tile
     ref = x @ w.T
-    y = PackedLinear(w, None, kind, torch.bfloat16)(x.bfloat16()).float()
+    lin = PackedLinear(w, None, kind, torch.bfloat16)
+    y = lin(x.bfloat16()).float()
     assert ((y - ref).norm() / ref.norm()) < tol
+    # many rows (prefill) take another route for int8 (dequantize + float GEMM): same weights
+    xs = torch.randn(40, 128)
+    rows = torch.cat([lin(xs[i : i + 8].bfloat16()) for i in range(0, 40, 8)]).float()
+    full = lin(xs.bfloat16()).float()
+    assert ((full - rows).norm() / rows.norm()) < 0.01  # bf16 output rounding only
 
 
 def test_speculative_greedy_equals_target_greedy(smollm2, reference):

@@ -73,3 +73,23 @@ def test_refusals(tiny_emb):
         convert(tiny_emb, "openvino", precision="int3")
     with pytest.raises(UnsupportedError, match="hint"):
         convert(tiny_emb, "openvino", hint="fastest")
+
+
+def test_static_shapes(tiny_emb, tmp_path, sentences):
+    from leanlm.runtime.openvino import with_shapes
+
+    m = convert(tiny_emb, "openvino")
+    batch = tiny_emb.encode(sentences, max_length=16, padding="max_length")
+    fixed = with_shapes(m, [(8, 16)])
+    assert fixed.record.extra["runtime"]["shapes"] == [[8, 16]] and "shapes" not in m.record.extra["runtime"]
+    out = fixed(**batch)  # the static graph
+    torch.testing.assert_close(out, m(**batch), atol=1e-5, rtol=1e-5)
+    other = tiny_emb.encode(sentences[:3])  # any other shape: the dynamic graph
+    torch.testing.assert_close(fixed(**other), m(**other), atol=1e-5, rtol=1e-5)
+    fixed.save(tmp_path / "m")
+    back = leanlm.load(tmp_path / "m")
+    assert back.runner.shapes == ((8, 16),) and torch.equal(back(**batch), out)
+    with pytest.raises(UnsupportedError, match="static shapes"):
+        with_shapes(m, [(8, 0)])
+    with pytest.raises(UnsupportedError, match="OpenVINO setting"):
+        with_shapes(tiny_emb, [(8, 16)])

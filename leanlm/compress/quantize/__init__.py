@@ -104,3 +104,20 @@ def method_names() -> list[str]:
 
 def config_class(name: str) -> type[BaseConfig]:
     return lookup(FAMILY, name)
+
+
+# Config classes by their Python name, imported on first use so `import leanlm` stays light:
+#   from leanlm.compress.quantize import Int8Dynamic, GPTQ
+_CONFIG_MODULES = {
+    "Int8Dynamic": "int8_dynamic", "Int8Static": "int8_static", "Int8WeightOnly": "weight_only",
+    "Int4WeightOnly": "weight_only", "Half": "half", "GPTQ": "gptq", "SmoothQuant": "smoothquant",
+    "MixedPrecision": "mixed",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONFIG_MODULES:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_CONFIG_MODULES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

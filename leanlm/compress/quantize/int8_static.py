@@ -16,7 +16,7 @@ still lose too much to int8 (signal-to-noise below `min_sqnr_db`) stay in float.
 took the embedding cosine vs float from 0.83 (everything int8) to 0.995.
 
 Example:
-    >>> quantize_(model, Int8Static(calibration="percentile"),
+    >>> quantize_(model, Int8Static(range_method="percentile"),
     ...           calibration=load_splits("movie-snippets").train.texts[:256])
 """
 from __future__ import annotations
@@ -50,8 +50,9 @@ class Int8Static(BaseConfig):
 
     Args:
         backend: where the quantized graph runs: "openvino" or "onnxruntime".
-        calibration: how activation ranges are chosen: "minmax", "percentile" or "entropy".
-        percentile: for "percentile": the percentile of |activation| kept (the rest is clipped).
+        range_method: how activation ranges are chosen from the calibration texts: "minmax",
+            "percentile" or "entropy".
+        percentile: for range_method "percentile": the percentile of |activation| kept (the rest is clipped).
         samples: calibration texts used at most (from the context's calibration texts).
         per_channel: one weight scale per output channel (False: one per tensor).
         activations: "int8" or "uint8".
@@ -78,11 +79,11 @@ class Int8Static(BaseConfig):
         precision: openvino only: precision of the layers left in float, "bf16" or "fp32".
 
     Example:
-        >>> Int8Static(backend="onnxruntime", calibration="entropy", samples=64)
+        >>> Int8Static(backend="onnxruntime", range_method="entropy", samples=64)
     """
 
     backend: str = "openvino"
-    calibration: str = "minmax"
+    range_method: str = "minmax"
     percentile: float = 99.999
     samples: int = 128
     per_channel: bool = True
@@ -98,8 +99,8 @@ class Int8Static(BaseConfig):
 
     def validate(self) -> None:
         check(self.backend in BACKENDS, f"int8-static: backend must be one of {BACKENDS}, got {self.backend!r}")
-        check(self.calibration in CALIBRATIONS,
-              f"int8-static: calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
+        check(self.range_method in CALIBRATIONS,
+              f"int8-static: range_method must be one of {CALIBRATIONS}, got {self.range_method!r}")
         check(isinstance(self.percentile, (int, float)) and 90.0 <= self.percentile <= 100.0,
               f"int8-static: percentile must be in [90, 100], got {self.percentile!r}")
         check(isinstance(self.samples, int) and self.samples >= 8,
@@ -329,7 +330,7 @@ def _apply(model: LeanModel, config: Int8Static, ctx: QuantContext) -> dict:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-              "entropy": CalibrationMethod.Entropy}[config.calibration]
+              "entropy": CalibrationMethod.Entropy}[config.range_method]
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[config.activations]
     batches = _batches(model, texts, input_names(model), ctx.batch_size, ctx.max_length)
 
