@@ -98,3 +98,25 @@ def test_gguf_export_rejects_bad_input(tiny_lm, tiny_clf, tmp_path):
         export_gguf(tiny_lm, tmp_path / "x.gguf", "q8_1")
     with pytest.raises(UnsupportedError):
         export_gguf(tiny_clf, tmp_path / "y.gguf", "f32")
+
+
+def test_llamacpp_runs_our_export_and_matches_torch(tiny_lm, tmp_path):
+    # optional peer: skipped where llama-cpp-python is not installed (CI); `make llamacpp` builds it
+    pytest.importorskip("llama_cpp")
+    import torch
+
+    from leanlm.export.gguf import export_gguf
+    from leanlm.runtime.llamacpp import LlamaCpp
+
+    path = export_gguf(tiny_lm, tmp_path / "tiny-f32.gguf", "f32")
+    ids = [5, 17, 42, 7, 99, 3]
+    peer = LlamaCpp(path, n_ctx=64, threads=1, logits_all=True)
+    got = peer.logits(ids)
+    with torch.inference_mode():
+        want = tiny_lm.module(torch.tensor([ids])).logits[0].float()
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-3)
+    tokens, prefill_s, decode_s = peer.greedy(ids, 4)
+    assert len(tokens) == 4 and tokens[0] == int(want[-1].argmax()) and prefill_s > 0
+    with pytest.raises(UnsupportedError, match="logits_all"):
+        LlamaCpp(path, n_ctx=64, threads=1).logits(ids)
