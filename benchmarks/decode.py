@@ -54,6 +54,21 @@ def prompt_ids(tok: Any, n: int) -> torch.Tensor:
     return tok(text[: n * 12], add_special_tokens=False, return_tensors="pt").input_ids[0, :n]
 
 
+def sample(run: Callable[[int], list[int]], new: int) -> dict:
+    """One measurement: a 1-token run (prefill + first token), then a `new`-token run.
+
+    decode per token = (t_new - t_1) / (new - 1), in wall and in process CPU time.
+    """
+    w0, c0 = time.perf_counter(), time.process_time()
+    run(1)
+    w1, c1 = time.perf_counter(), time.process_time()
+    tokens = run(new)
+    w2, c2 = time.perf_counter(), time.process_time()
+    return {"prefill_ms": (w1 - w0) * 1e3, "decode_ms": ((w2 - w1) - (w1 - w0)) / (new - 1) * 1e3,
+            "prefill_cpu_ms": (c1 - c0) * 1e3, "decode_cpu_ms": ((c2 - c1) - (c1 - c0)) / (new - 1) * 1e3,
+            "tokens": tokens}
+
+
 def timed(run: Callable[[int], list[int]], new: int, repeats: int) -> dict:
     """Median prefill and per-token decode of `run(n) -> tokens` (greedy, n new tokens).
 
@@ -62,16 +77,7 @@ def timed(run: Callable[[int], list[int]], new: int, repeats: int) -> dict:
     machine CPU time is the steadier of the two (it excludes time spent waiting for a core).
     """
     run(new)  # warm-up (and compile)
-    rows = []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        run(1)
-        w1, c1 = time.perf_counter(), time.process_time()
-        tokens = run(new)
-        w2, c2 = time.perf_counter(), time.process_time()
-        rows.append({"prefill_ms": (w1 - w0) * 1e3, "decode_ms": ((w2 - w1) - (w1 - w0)) / (new - 1) * 1e3,
-                     "prefill_cpu_ms": (c1 - c0) * 1e3,
-                     "decode_cpu_ms": ((c2 - c1) - (c1 - c0)) / (new - 1) * 1e3, "tokens": tokens})
+    rows = [sample(run, new) for _ in range(repeats)]
     out = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "tokens"}
     out["tokens_per_s"] = 1e3 / out["decode_ms"]
     out["tokens"] = rows[-1]["tokens"]

@@ -15,14 +15,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import leanlm  # noqa: E402
-from decode import llama_run, ours, prompt_ids  # noqa: E402
+from decode import llama_run, ours, prompt_ids, sample  # noqa: E402
 from leanlm.export.gguf import export_gguf  # noqa: E402
 from leanlm.generate import GenerationConfig  # noqa: E402
 from leanlm.runtime import llamacpp  # noqa: E402
@@ -55,12 +54,7 @@ def main() -> int:
     ms: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
-            t0 = time.perf_counter()
-            run(1)  # prefill + first token
-            t1 = time.perf_counter()
-            run(args.new_tokens + 1)
-            t2 = time.perf_counter()
-            ms[name].append(((t2 - t1) - (t1 - t0)) / args.new_tokens * 1e3)
+            ms[name].append(sample(run, args.new_tokens + 1)["decode_ms"])
     med = {k: sorted(v)[len(v) // 2] for k, v in ms.items()}
     print(f"{args.model}, {threads} threads, {args.rounds} interleaved rounds of {args.new_tokens} tokens")
     for name, v in med.items():

@@ -404,8 +404,7 @@ class FastDecoder:
         self.compile = compile
         self.scope = scope
         self.pos = 0
-        self._compiled_fn: Any = None
-        self._step_fn: Any = None
+        self._run: Any = None  # (ids, positions, all_logits) -> logits through the compiled graph(s)
         self._warm: set[tuple] = set()  # (cache size, tokens, all_logits) already compiled
         self._lengths = {1}  # token counts per forward that get a compiled graph
 
@@ -455,17 +454,17 @@ class FastDecoder:
         return out.float()
 
     def _compiled_step(self) -> Any:
-        """(ids, positions, all_logits) -> logits through the compiled graph(s) of this scope."""
-        if self.scope == "model":
-            if self._step_fn is None:
-                self._step_fn = compile_step()
-            net, step = self.net, self._step_fn
-            return lambda ids, positions, all_logits: step(net, ids, positions, all_logits)
-        if self._compiled_fn is None:
-            self._compiled_fn = compile_layer()
-        layer_fn = self._compiled_fn
-        return lambda ids, positions, all_logits: self.net(ids, positions, end=None, all_logits=all_logits,
-                                                           layer_fn=layer_fn)
+        """(ids, positions, all_logits) -> logits through the compiled graph(s) of this scope (built once)."""
+        if self._run is None:
+            net = self.net
+            if self.scope == "model":
+                step = compile_step()
+                self._run = lambda ids, positions, all_logits: step(net, ids, positions, all_logits)
+            else:
+                layer_fn = compile_layer()
+                self._run = lambda ids, positions, all_logits: net(ids, positions, end=None, all_logits=all_logits,
+                                                                   layer_fn=layer_fn)
+        return self._run
 
 
 def resolve_dtype(module: nn.Module, dtype: str, weights: str = "auto") -> torch.dtype:

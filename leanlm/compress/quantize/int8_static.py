@@ -175,6 +175,18 @@ class _Stats:
     group: int  # layers fed by the same tensor (q, k, v) share a group and a scale
 
 
+def _run_with_input_hooks(module: torch.nn.Module, layers: dict[str, torch.nn.Module], make_hook: Any,
+                          batches: list[dict]) -> None:
+    """Run the calibration batches with a forward pre-hook `make_hook(name)` on each layer, then remove them."""
+    handles = [layer.register_forward_pre_hook(make_hook(n)) for n, layer in layers.items()]
+    try:
+        for b in batches:
+            module(**{k: torch.from_numpy(v) for k, v in b.items()})
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def _input_stats(module: torch.nn.Module, linears: dict[str, torch.nn.Linear], batches: list[dict]) -> dict[str, _Stats]:
     stats: dict[str, _Stats] = {}
@@ -195,13 +207,7 @@ def _input_stats(module: torch.nn.Module, linears: dict[str, torch.nn.Linear], b
             last["x"] = inputs[0]
         return fn
 
-    handles = [lin.register_forward_pre_hook(hook(n)) for n, lin in linears.items()]
-    try:
-        for b in batches:
-            module(**{k: torch.from_numpy(v) for k, v in b.items()})
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_input_hooks(module, linears, hook, batches)
     return stats
 
 
@@ -275,13 +281,7 @@ def _sqnr_db(module: torch.nn.Module, linears: dict[str, torch.nn.Linear], stats
                 err[v, name] += float(((x - q) ** 2).sum())
         return fn
 
-    handles = [linears[n].register_forward_pre_hook(hook(n)) for n in stats]
-    try:
-        for b in batches:
-            module(**{k: torch.from_numpy(v) for k, v in b.items()})
-    finally:
-        for h in handles:
-            h.remove()
+    _run_with_input_hooks(module, {n: linears[n] for n in stats}, hook, batches)
     out: dict[str, dict[str, float]] = {v: {} for v in variants}
     for (v, n) in grids:
         out[v][n] = 10 * math.log10(max(sig[v, n], 1e-30) / max(err[v, n], 1e-30))
