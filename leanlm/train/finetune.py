@@ -115,6 +115,8 @@ def finetune(
         if base.record.techniques:
             raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed)")
         source = base.path or model
+        # the new classification head is random: seed it, so the training seed decides the whole run
+        torch.manual_seed(config.loop.seed)
         clf = load(source if base.path is None else base.path, task="sequence-classification", labels=labels)
         clf.record.base_model = base.record.base_model
     if config.threads:

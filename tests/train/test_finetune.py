@@ -28,6 +28,20 @@ def test_finetune_tiny_learns_and_saves(tiny_clf, tmp_path):
     assert rec.metrics["test"]["accuracy"] == out.record.metrics["test"]["accuracy"]
 
 
+def test_same_seed_same_model_from_a_base_directory(tmp_path):
+    # a fresh classification head is built from the base model: its random init follows the seed too
+    from leanlm.models.tiny import tiny_encoder
+
+    tiny = tiny_encoder("feature-extraction")
+    base = tmp_path / "base"  # a plain Hugging Face directory, as a user would bring
+    tiny.module.save_pretrained(base)
+    tiny.tokenizer.save_pretrained(base)
+    cfg = FinetuneConfig(loop=LoopConfig(epochs=1, lr=1e-3, warmup_ratio=0.0, patience=0), batch_size=8)
+    a, b = (finetune(str(base), _toy_splits(), cfg, progress=False) for _ in range(2))
+    for (name, pa), pb in zip(a.module.state_dict().items(), b.module.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
 def test_loop_restores_best_weights_and_stops_early():
     torch.manual_seed(0)
     lin = torch.nn.Linear(2, 1)
