@@ -17,6 +17,10 @@ A model directory for this backend holds `model.onnx` (or `model.xml` + `model.b
 - shapes: optional static (batch, sequence) shapes compiled besides the dynamic graph
   (`with_shapes`); inputs of exactly such a shape run the static graph (~10% faster here).
 
+Graphs come from ONNX (`convert`, int8-static's QDQ graph) or from OpenVINO's own PyTorch
+frontend (`torch_graph`: attention arrives as one ScaledDotProductAttention op), which NNCF
+quantizes into an IR held in memory (`IrSource`) and saved as model.xml + model.bin.
+
 Example:
     >>> ov_model = convert(leanlm.load("minilm-l6"), "openvino", precision="bf16")
     >>> ov_model.save("runs/minilm-ov")
@@ -72,6 +76,72 @@ def effective_precision(precision: str) -> str:
     return precision
 
 
+class IrSource:
+    """An OpenVINO IR held in memory (model.xml text + model.bin weights), e.g. fresh from NNCF.
+
+    Saved as model.xml + model.bin; a loaded model reads them back through a GraphSource path.
+    """
+
+    path = None
+
+    def __init__(self, xml: bytes, weights: bytes):
+        self.xml, self.weights = xml, weights
+
+    @classmethod
+    def from_model(cls, model: Any) -> "IrSource":
+        """Serialize an `openvino.Model` (weights kept in their own precision, no fp16 compression)."""
+        import tempfile
+
+        ov = require_openvino()
+        with tempfile.TemporaryDirectory(prefix="leanlm-ir-") as tmp:
+            xml = Path(tmp) / IR_FILE
+            ov.save_model(model, str(xml), compress_to_fp16=False)
+            return cls(xml.read_bytes(), xml.with_suffix(".bin").read_bytes())
+
+    def read(self) -> bytes:
+        return self.xml
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.xml) + len(self.weights)
+
+
+def torch_graph(model: LeanModel) -> Any:
+    """The float PyTorch encoder as an `openvino.Model` via OpenVINO's PyTorch frontend, verified.
+
+    Dynamic batch and sequence axes. Unlike the ONNX path, attention stays one
+    ScaledDotProductAttention op, which the CPU plugin runs as a fused kernel and NNCF knows how
+    to quantize around. The graph is checked against PyTorch on shapes other than the traced one.
+    """
+    from leanlm.runtime.onnx_export import _CHECK_TEXTS, ENCODER_TASKS, _quiet_export, _sample, input_names
+    from leanlm.runtime.torch_eager import _is_plain
+
+    ov = require_openvino()
+    if model.task not in ENCODER_TASKS:
+        raise UnsupportedError(f"OpenVINO conversion supports encoders ({', '.join(ENCODER_TASKS)}); "
+                               f"this model is {model.task}")
+    module = model.module
+    if not isinstance(module, torch.nn.Module) or not _is_plain(module):
+        raise UnsupportedError("OpenVINO conversion needs a float PyTorch model; this one runs on "
+                               f"{model.backend} or has quantized layers")
+    module = copy.deepcopy(module).float().eval().cpu()
+    module.config.return_dict = False  # tuples: the frontend's first output is the task's tensor
+    names = input_names(model)
+    with torch.no_grad(), _quiet_export():
+        graph = ov.convert_model(module, example_input=_sample(model, _CHECK_TEXTS[:2], names, max_length=32))
+    graph.reshape({p.get_any_name(): ov.PartialShape([-1, -1]) for p in graph.inputs})
+    compiled = core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for texts in (_CHECK_TEXTS, _CHECK_TEXTS[2:]):
+        batch = _sample(model, texts, names, max_length=128)
+        with torch.no_grad():
+            ref = module(**batch)[0].float().numpy()
+        got = compiled({p.get_any_name(): batch[p.get_any_name()].numpy() for p in compiled.inputs})[0]
+        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
+        if not np.isfinite(got).all() or diff > 1e-3 + 1e-3 * float(np.abs(ref).max()):
+            raise ArtifactError(f"OpenVINO's PyTorch frontend graph does not match PyTorch (max abs diff {diff:.3g})")
+    return graph
+
+
 class OvRunner:
     """A compiled OpenVINO model behind the PyTorch calling convention: `runner(**batch) -> torch.Tensor`.
 
@@ -82,7 +152,7 @@ class OvRunner:
         hint: "latency" | "throughput".
     """
 
-    def __init__(self, source: GraphSource, config: Any = None, precision: str = "fp32", hint: str = "latency",
+    def __init__(self, source: GraphSource | IrSource, config: Any = None, precision: str = "fp32", hint: str = "latency",
                  threads: int | None = None, shapes: Sequence[Sequence[int]] = ()):
         if hint not in HINTS:
             raise UnsupportedError(f"openvino hint must be 'latency' or 'throughput', got {hint!r}")
@@ -106,7 +176,10 @@ class OvRunner:
     def _compile(self, shape: tuple[int, int] | None) -> Any:
         try:
             src = self.source
-            model = core().read_model(io.BytesIO(src.data) if src.data is not None else str(src.path))
+            if isinstance(src, IrSource):
+                model = core().read_model(src.xml, src.weights)
+            else:
+                model = core().read_model(io.BytesIO(src.data) if src.data is not None else str(src.path))
             if shape is not None:
                 model.reshape({p.get_any_name(): list(shape) for p in model.inputs})
             return core().compile_model(model, "CPU", self.props)
@@ -161,14 +234,14 @@ def with_shapes(model: LeanModel, shapes: Sequence[Sequence[int]]) -> LeanModel:
     return out
 
 
-def ov_model(source: GraphSource, model: LeanModel, info: dict[str, Any], precision: str = "fp32",
+def ov_model(source: GraphSource | IrSource, model: LeanModel, info: dict[str, Any], precision: str = "fp32",
              hint: str = "latency") -> LeanModel:
     """A LeanModel running `source` on OpenVINO, with `model`'s tokenizer and a copy of its record."""
     config = getattr(model.module, "config", None) or getattr(model.runner, "config", None)
     runner = OvRunner(source, copy.deepcopy(config), precision, hint)
     record = copy.deepcopy(model.record)
     record.backend = "openvino"
-    record.weights = ONNX_FILE
+    record.weights = IR_FILE if isinstance(source, IrSource) else ONNX_FILE
     record.extra["runtime"] = {"backend": "openvino", **info, "precision": precision, "hint": hint}
     if runner.precision != precision:
         note = f"openvino: this CPU lacks {precision}; running in {runner.precision}"
@@ -185,7 +258,11 @@ class OpenVinoBackend:
         if not isinstance(runner, OvRunner):
             raise ArtifactError(f"openvino backend cannot save a model whose runner is {type(runner).__name__}")
         src = runner.source
-        if src.path is not None and src.path.suffix == ".xml":  # an IR: copy .xml and its .bin
+        if isinstance(src, IrSource):
+            (directory / IR_FILE).write_bytes(src.xml)
+            (directory / IR_FILE).with_suffix(".bin").write_bytes(src.weights)
+            name = IR_FILE
+        elif src.path is not None and src.path.suffix == ".xml":  # an IR: copy .xml and its .bin
             src.read()  # refuses a file changed since loading
             shutil.copyfile(src.path, directory / IR_FILE)
             shutil.copyfile(src.path.with_suffix(".bin"), directory / Path(IR_FILE).with_suffix(".bin"))

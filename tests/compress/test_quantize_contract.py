@@ -19,6 +19,7 @@ from leanlm.compress.quantize.half import Half, fast_on_this_cpu
 from leanlm.compress.quantize.int8_dynamic import Int8Dynamic
 from leanlm.compress.quantize.int8_static import Int8Static
 from leanlm.compress.quantize.mixed import MixedPrecision
+from leanlm.compress.quantize.nncf_static import Int8Nncf
 from leanlm.compress.quantize.smoothquant import SmoothQuant
 from leanlm.compress.quantize.weight_only import Int4WeightOnly, Int8WeightOnly
 from leanlm.config import BaseConfig
@@ -41,6 +42,7 @@ CONTRACT = [
     (Int8Dynamic(backend="onnxruntime"), "tiny_clf", 20.0),
     (Int8Static(), "tiny_clf", 20.0),
     (Int8Static(backend="onnxruntime", range_method="percentile"), "tiny_emb", 40.0),
+    (Int8Nncf(), "tiny_emb", 25.0),
 ]
 
 

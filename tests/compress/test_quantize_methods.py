@@ -211,6 +211,20 @@ def test_cli_int8_static_range_method_and_calibration_dataset(tiny_dir, tmp_path
     assert back.record.extra["int8-static"]["calibration"] == {"dataset": "movie-snippets", "texts": 16}
 
 
+def test_cli_int8_nncf_keep_float(tiny_dir, tmp_path):
+    from leanlm.cli import app
+
+    out = tmp_path / "n"
+    r = CliRunner().invoke(app, ["quantize", str(tiny_dir), str(out), "int8-nncf", "--keep-float",
+                                 "bert.encoder.layer.0.output.dense", "--preset", "mixed", "--calibration", "movie-snippets",
+                                 "--calibration-size", "16"])
+    assert r.exit_code == 0, r.output
+    back = leanlm.load(out)
+    assert back.backend == "openvino" and back.record.weights == "model.xml"
+    assert back.record.extra["int8-nncf"]["float_linears"] == ["bert.encoder.layer.0.output.dense"]
+    assert back.record.techniques[-1]["keep_float"] == ["bert.encoder.layer.0.output.dense"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["int5-magic"], "Valid:"),
     (["int4-weight-only", "--group-sise", "32"], "unknown option '--group-sise'"),

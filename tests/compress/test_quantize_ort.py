@@ -1,4 +1,4 @@
-"""ONNX Runtime / OpenVINO quantization methods: int8-dynamic(backend="onnxruntime") and int8-static."""
+"""ONNX Runtime / OpenVINO quantization methods: int8-dynamic(backend="onnxruntime"), int8-static, int8-nncf."""
 from __future__ import annotations
 
 import math
@@ -10,6 +10,7 @@ import leanlm
 from leanlm.compress.quantize import QuantContext
 from leanlm.compress.quantize.int8_dynamic import Int8Dynamic
 from leanlm.compress.quantize.int8_static import Int8Static
+from leanlm.compress.quantize.nncf_static import Int8Nncf, module_pattern
 from leanlm.config import BaseConfig
 from leanlm.errors import ConfigError, UnsupportedError
 
@@ -94,6 +95,46 @@ def test_smoothing_is_exact_in_float(tiny_emb, sentences, calibration):
         torch.testing.assert_close(module(**batch).last_hidden_state, tiny_emb(**batch), atol=1e-4, rtol=1e-4)
 
 
+def test_int8_nncf_openvino_ir(tiny_clf, tmp_path, sentences, calibration):
+    config = Int8Nncf(preset="mixed", samples=8)
+    q = leanlm.quantize(tiny_clf, config, QuantContext(calibration=calibration, max_length=32))
+    info = q.record.extra["int8-nncf"]
+    assert q.backend == "openvino" and q.record.weights == "model.xml"
+    assert info["calibration_texts"] == 8 and info["fake_quantize_ops"] > 0
+    assert info["int8_linears"] == 12 and info["float_linears"] == []  # 2 layers x 6 linears; heads skipped
+    _check(tiny_clf, q, config, sentences, tmp_path, 20.0)
+    assert {p.name for p in (tmp_path / "q").iterdir()} >= {"model.xml", "model.bin"}
+
+
+def test_int8_nncf_keep_float(tiny_emb, calibration):
+    keep = "encoder.layer.1.output.dense"
+    q = leanlm.quantize(tiny_emb, Int8Nncf(keep_float=(keep,)), calibration=calibration)
+    assert q.record.extra["int8-nncf"]["float_linears"] == [keep]
+    with pytest.raises(UnsupportedError, match="keep_float names no eligible linear layer"):
+        leanlm.quantize(tiny_emb, Int8Nncf(keep_float=("encoder.layer.9.output.dense",)), calibration=calibration)
+    with pytest.raises(UnsupportedError, match="no eligible linear layers"):
+        leanlm.quantize(tiny_emb, Int8Nncf(skip=("layer", "pooler")), calibration=calibration)
+    with pytest.raises(ConfigError, match="needs calibration texts"):
+        leanlm.quantize(tiny_emb, Int8Nncf())
+
+
+def test_int8_nncf_refuses_decoders(tiny_lm, calibration):
+    with pytest.raises(UnsupportedError, match="supports encoders"):
+        leanlm.quantize(tiny_lm, Int8Nncf(), calibration=calibration)
+
+
+def test_nncf_ignored_scope_patterns():
+    import re
+
+    pats = module_pattern(["encoder.layer.1.output.dense"], ["classifier", "pooler"])
+    hit = lambda name: any(re.fullmatch(p, name) for p in pats)  # noqa: E731
+    assert hit("__module.encoder.layer.1.output.dense/aten::linear/MatMul")
+    assert hit("__module.bert.pooler.dense/aten::linear/MatMul") and hit("__module.classifier/aten::linear/MatMul")
+    assert not hit("__module.encoder.layer.1.output.dense2/aten::linear/MatMul")
+    assert not hit("__module.encoder.layer.11.output.dense/aten::linear/MatMul")
+    assert not hit("__module.bert.encoder.layer.0.attention.self.query/aten::linear/MatMul")
+
+
 def test_static_needs_calibration(tiny_emb):
     with pytest.raises(ConfigError, match="needs calibration texts"):
         leanlm.quantize(tiny_emb, Int8Static())
@@ -129,6 +170,11 @@ def test_refuses_quantized_and_unsupported_models(tiny_emb, tiny_lm, calibration
     (lambda: Int8Static(min_sqnr_db=-1.0), "min_sqnr_db"),
     (lambda: Int8Static(precision="fp8"), "precision"),
     (lambda: BaseConfig.from_dict({"type": "int8-static", "calib": "minmax"}), "unknown option"),
+    (lambda: Int8Nncf(samples=2), "samples"),
+    (lambda: Int8Nncf(preset="fast"), "preset"),
+    (lambda: Int8Nncf(smooth=-0.5), "smooth"),
+    (lambda: Int8Nncf(keep_float=("",)), "keep_float"),
+    (lambda: Int8Nncf(precision="int4"), "precision"),
 ])
 def test_invalid_options(make, match):
     with pytest.raises(ConfigError, match=match):
@@ -137,5 +183,6 @@ def test_invalid_options(make, match):
 
 def test_configs_round_trip_json():
     for config in (Int8Dynamic(backend="onnxruntime", per_channel=False),
-                   Int8Static(range_method="entropy", op_types=("MatMul", "Gather"), exclude_nodes=("/a/MatMul",))):
+                   Int8Static(range_method="entropy", op_types=("MatMul", "Gather"), exclude_nodes=("/a/MatMul",)),
+                   Int8Nncf(preset="mixed", keep_float=("encoder.layer.0.output.dense",), smooth=0.0)):
         assert BaseConfig.from_json(config.to_json()) == config

@@ -93,3 +93,25 @@ def test_static_shapes(tiny_emb, tmp_path, sentences):
         with_shapes(m, [(8, 0)])
     with pytest.raises(UnsupportedError, match="OpenVINO setting"):
         with_shapes(tiny_emb, [(8, 16)])
+
+
+def test_pytorch_frontend_graph_in_memory_ir_round_trip(tiny_emb, tmp_path, sentences):
+    from leanlm.runtime.openvino import IrSource, ov_model, torch_graph
+
+    graph = torch_graph(tiny_emb)  # verified against PyTorch inside
+    assert any(op.get_type_name() == "ScaledDotProductAttention" for op in graph.get_ops())
+    m = ov_model(IrSource.from_model(graph), tiny_emb, {"graph": "openvino-pytorch-frontend"})
+    assert m.record.weights == "model.xml" and m.runner.source.nbytes > 0
+    batch = tiny_emb.encode(sentences)
+    out = m(**batch)
+    torch.testing.assert_close(out, tiny_emb(**batch), atol=1e-4, rtol=1e-4)
+    m.save(tmp_path / "ir")
+    back = leanlm.load(tmp_path / "ir")
+    assert torch.equal(back(**batch), out) and torch.equal(m.clone()(**batch), out)
+
+
+def test_pytorch_frontend_refuses_decoders(tiny_lm):
+    from leanlm.runtime.openvino import torch_graph
+
+    with pytest.raises(UnsupportedError, match="supports encoders"):
+        torch_graph(tiny_lm)

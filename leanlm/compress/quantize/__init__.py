@@ -111,7 +111,7 @@ def config_class(name: str) -> type[BaseConfig]:
 _CONFIG_MODULES = {
     "Int8Dynamic": "int8_dynamic", "Int8Static": "int8_static", "Int8WeightOnly": "weight_only",
     "Int4WeightOnly": "weight_only", "Half": "half", "GPTQ": "gptq", "SmoothQuant": "smoothquant",
-    "MixedPrecision": "mixed",
+    "MixedPrecision": "mixed", "Int8Nncf": "nncf_static",
 }
 
 
