@@ -177,6 +177,7 @@ def test_cli_quantize(tiny_dir, tmp_path):
     runner = CliRunner()
     listing = runner.invoke(app, ["quantize", "--list"])
     assert listing.exit_code == 0 and "gptq" in listing.output and "--group-size" in listing.output
+    assert "leanlm[openvino]" in listing.output  # docstring brackets are not eaten as rich markup
 
     out = tmp_path / "q"
     r = runner.invoke(app, ["quantize", str(tiny_dir), str(out), "gptq", "--group-size", "32", "--act-order",

@@ -88,6 +88,7 @@ def calibration_texts(name: str, size: int) -> list[str]:
 
 def _list_methods() -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from leanlm.compress.quantize import config_class, method_names
@@ -106,7 +107,8 @@ def _list_methods() -> None:
             elif hasattr(default, "name") and hasattr(default, "to_dict"):
                 default = default.name
             opts.append(f"{_flag(f.name)} {default}")
-        t.add_row(name, cls.summary(), "\n".join(opts))
+        # escape: docstrings carry brackets ("leanlm[openvino]") that rich would read as markup
+        t.add_row(name, escape(cls.summary()), escape("\n".join(opts)))
     Console().print(t)
 
 
