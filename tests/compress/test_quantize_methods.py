@@ -226,6 +226,19 @@ def test_cli_int8_nncf_keep_float(tiny_dir, tmp_path):
     assert back.record.techniques[-1]["keep_float"] == ["bert.encoder.layer.0.output.dense"]
 
 
+def test_cli_int8_nncf_accuracy_guard_uses_the_validation_split(tiny_dir, tmp_path):
+    from leanlm.cli import app
+
+    out = tmp_path / "g"
+    r = CliRunner().invoke(app, ["quantize", str(tiny_dir), str(out), "int8-nncf", "--max-drop", "100",
+                                 "--calibration", "movie-snippets", "--calibration-size", "16"])
+    assert r.exit_code == 0, r.output
+    guard = leanlm.load(out).record.extra["int8-nncf"]["accuracy_guard"]
+    assert guard["budget_met"] and len(guard["steps"]) == 1 and 0 < guard["reference_score"] <= 100
+    r = CliRunner().invoke(app, ["quantize", str(tiny_dir), str(tmp_path / "h"), "int8-nncf", "--max-drop", "0.5"])
+    assert r.exit_code != 0 and "needs --calibration" in str(r.exception)
+
+
 @pytest.mark.parametrize("args,needle", [
     (["int5-magic"], "Valid:"),
     (["int4-weight-only", "--group-sise", "32"], "unknown option '--group-sise'"),

@@ -175,6 +175,8 @@ def test_refuses_quantized_and_unsupported_models(tiny_emb, tiny_lm, calibration
     (lambda: Int8Nncf(smooth=-0.5), "smooth"),
     (lambda: Int8Nncf(keep_float=("",)), "keep_float"),
     (lambda: Int8Nncf(precision="int4"), "precision"),
+    (lambda: Int8Nncf(max_drop=-1.0), "max_drop"),
+    (lambda: Int8Nncf(max_float_layers=-1), "max_float_layers"),
 ])
 def test_invalid_options(make, match):
     with pytest.raises(ConfigError, match=match):
@@ -186,3 +188,21 @@ def test_configs_round_trip_json():
                    Int8Static(range_method="entropy", op_types=("MatMul", "Gather"), exclude_nodes=("/a/MatMul",)),
                    Int8Nncf(preset="mixed", keep_float=("encoder.layer.0.output.dense",), smooth=0.0)):
         assert BaseConfig.from_json(config.to_json()) == config
+
+
+def test_int8_nncf_accuracy_guard_returns_layers_to_float(tiny_clf, calibration):
+    # probe: agreement (points) with the float model's predictions; a budget of 0 with random
+    # weights forces the guard to step, one layer at a time, up to max_float_layers
+    ref = tiny_clf.predict(calibration)
+    probe = lambda m: 100.0 * sum(a == b for a, b in zip(m.predict(calibration), ref)) / len(ref)  # noqa: E731
+    q = leanlm.quantize(tiny_clf, Int8Nncf(max_drop=0.0, max_float_layers=2, samples=8),
+                        QuantContext(calibration=calibration, max_length=32, evaluate=probe))
+    guard = q.record.extra["int8-nncf"]["accuracy_guard"]
+    assert guard["reference_score"] == 100.0 and 1 <= len(guard["steps"]) <= 3
+    last = guard["steps"][-1]
+    assert guard["budget_met"] == (last["score"] >= 100.0)
+    assert sorted(last["float_layers"]) == q.record.extra["int8-nncf"]["float_linears"]
+    if not guard["budget_met"]:
+        assert len(last["float_layers"]) == 2
+    with pytest.raises(ConfigError, match="max_drop needs an evaluate probe"):
+        leanlm.quantize(tiny_clf, Int8Nncf(max_drop=0.5), calibration=calibration)

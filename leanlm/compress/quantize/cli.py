@@ -86,6 +86,19 @@ def calibration_texts(name: str, size: int) -> list[str]:
     return list(load_splits(name).train.texts[:size])
 
 
+def validation_probe(name: str, model: Any) -> Any:
+    """evaluate(model) -> accuracy in points on dataset `name`'s validation split (for accuracy guards)."""
+    from leanlm.bench.evaluate import evaluate
+    from leanlm.data import load_splits
+    from leanlm.data.registry import TEXT_CORPORA
+
+    if name in TEXT_CORPORA or model.task != "sequence-classification":
+        raise ConfigError(f"an accuracy budget (max_drop) needs a classifier and a labelled --calibration dataset; "
+                          f"got a {model.task} model and {name!r}")
+    validation = load_splits(name).validation
+    return lambda m: 100.0 * evaluate(m, validation)["accuracy"]
+
+
 def _list_methods() -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -152,7 +165,13 @@ def register(app: typer.Typer) -> None:
             raise LeanlmError("--calibration-size must be >= 1")
         m = leanlm.load(model)
         texts = calibration_texts(calibration, calibration_size) if calibration else None
-        leanlm.quantize_(m, config, QuantContext(calibration=texts, max_length=max_length))
+        # an opt-in accuracy guard (a max_drop option that defaults to off, e.g. int8-nncf's) was asked for:
+        # measure it on the calibration dataset's validation split (never the test split)
+        guarded = "max_drop" in fields and fields["max_drop"].default is None and config.max_drop is not None
+        if guarded and not calibration:
+            raise LeanlmError(f"{method} --max-drop needs --calibration DATASET (its validation split measures the drop)")
+        probe = validation_probe(calibration, m) if guarded and calibration else None
+        leanlm.quantize_(m, config, QuantContext(calibration=texts, max_length=max_length, evaluate=probe))
         if calibration:
             m.record.extra.setdefault(config.name, {})["calibration"] = {"dataset": calibration, "texts": len(texts or [])}
         m.save(out, overwrite=overwrite)

@@ -28,14 +28,14 @@ import logging
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from leanlm.artifact import LeanModel
 from leanlm.compress.quantize import DEFAULT_SKIP, FAMILY, QuantContext, eligible_linears
 from leanlm.config import BaseConfig, check, register, transform
-from leanlm.errors import UnsupportedError
+from leanlm.errors import ConfigError, UnsupportedError
 
 PRESETS = ("performance", "mixed")
 
@@ -56,9 +56,17 @@ class Int8Nncf(BaseConfig):
         skip: module-name parts left in float (heads by default).
         keep_float: further modules (qualified names, e.g. "encoder.layer.5.output.dense") left in float.
         precision: the precision of what stays float: "bf16" (AMX/avx512_bf16) or "fp32".
+        max_drop: accuracy guard (None = off). With an evaluate probe in the context (higher is
+            better, e.g. validation accuracy in points; the CLI builds one from --calibration's
+            validation split), the quantized model is measured against the float one and, while
+            it loses more than `max_drop`, the linear whose int8 input keeps the least signal
+            (SQNR) goes back to float and NNCF quantizes again. Every step is recorded.
+        max_float_layers: the guard returns at most this many layers to float (`budget_met` says
+            whether the budget was reached).
 
     Example:
         >>> Int8Nncf(preset="mixed", samples=128)
+        >>> quantize_(m, Int8Nncf(max_drop=0.5), calibration=texts, evaluate=validation_accuracy_pts)
     """
 
     samples: int = 256
@@ -68,6 +76,8 @@ class Int8Nncf(BaseConfig):
     skip: tuple[str, ...] = DEFAULT_SKIP
     keep_float: tuple[str, ...] = ()
     precision: str = "bf16"
+    max_drop: Optional[float] = None
+    max_float_layers: int = 6
 
     def validate(self) -> None:
         check(isinstance(self.samples, int) and self.samples >= 8,
@@ -77,6 +87,10 @@ class Int8Nncf(BaseConfig):
               f"int8-nncf: smooth must be in [0, 1], got {self.smooth!r}")
         check(all(isinstance(n, str) and n for n in self.keep_float), "int8-nncf: keep_float must be module names")
         check(self.precision in ("bf16", "fp32"), f"int8-nncf: precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        check(self.max_drop is None or (isinstance(self.max_drop, (int, float)) and self.max_drop >= 0),
+              f"int8-nncf: max_drop must be None or >= 0, got {self.max_drop!r}")
+        check(isinstance(self.max_float_layers, int) and self.max_float_layers >= 0,
+              f"int8-nncf: max_float_layers must be an integer >= 0, got {self.max_float_layers!r}")
 
 
 def require_nncf() -> Any:
@@ -130,12 +144,40 @@ def _int8_matmuls(graph: Any) -> set[str]:
             and any(quantized(op.input_value(i).get_node()) for i in range(op.get_input_size()))}
 
 
-@transform(Int8Nncf)
-def _apply(model: LeanModel, config: Int8Nncf, ctx: QuantContext) -> dict:
-    texts = ctx.require_calibration("int8-nncf")[: config.samples]
+def _quantize(graph: Any, feeds: list[dict], config: Int8Nncf, keep_float: Sequence[str]) -> Any:
+    """NNCF's post-training quantization of `graph` with `keep_float` (and config.skip) left in float."""
     nncf = require_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
+    ignored = nncf.IgnoredScope(patterns=module_pattern(keep_float, config.skip), validate=False)
+    advanced = AdvancedQuantizationParameters(
+        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth if config.smooth > 0 else -1))
+    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[config.preset]
+    # NNCF draws its progress bars on stdout; keep stdout for leanlm's results (tables, JSON)
+    with contextlib.redirect_stdout(sys.stderr):
+        return nncf.quantize(graph, nncf.Dataset(feeds), preset=preset, subset_size=len(feeds),
+                             fast_bias_correction=config.fast_bias_correction, model_type=nncf.ModelType.TRANSFORMER,
+                             ignored_scope=ignored, advanced_parameters=advanced)
+
+
+def _least_robust_first(model: LeanModel, linears: dict, texts: Sequence[str], config: Int8Nncf,
+                        ctx: QuantContext) -> list[str]:
+    """Eligible linears ordered by the SQNR of their (smoothed) int8 input, worst first (int8-static's scoring)."""
+    from leanlm.compress.quantize.int8_static import Int8Static, _batches, _plan
+    from leanlm.runtime.onnx_export import input_names
+
+    batches = _batches(model, texts, input_names(model), ctx.batch_size, ctx.max_length)
+    _, sqnr = _plan(model.module, linears, batches, Int8Static(smooth=config.smooth))
+    return sorted(sqnr, key=sqnr.get)
+
+
+@transform(Int8Nncf)
+def _apply(model: LeanModel, config: Int8Nncf, ctx: QuantContext) -> dict:
+    texts = ctx.require_calibration("int8-nncf")[: config.samples]
+    require_nncf()
+    if config.max_drop is not None and ctx.evaluate is None:
+        raise ConfigError("int8-nncf: max_drop needs an evaluate probe (QuantContext(evaluate=...); on the command "
+                          "line, --calibration with a labelled dataset, whose validation split is used)")
     from leanlm.runtime.convert import adopt
     from leanlm.runtime.openvino import IrSource, ov_model, torch_graph
 
@@ -148,21 +190,26 @@ def _apply(model: LeanModel, config: Int8Nncf, ctx: QuantContext) -> dict:
                                f"(e.g. {next(iter(linears))})")
     graph = torch_graph(model)
     feeds = _feeds(model, graph, texts, ctx.batch_size, ctx.max_length)
-    ignored = nncf.IgnoredScope(patterns=module_pattern(config.keep_float, config.skip), validate=False)
-    advanced = AdvancedQuantizationParameters(
-        smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=config.smooth if config.smooth > 0 else -1))
-    preset = {"performance": nncf.QuantizationPreset.PERFORMANCE, "mixed": nncf.QuantizationPreset.MIXED}[config.preset]
-    # NNCF draws its progress bars on stdout; keep stdout for leanlm's results (tables, JSON)
-    with contextlib.redirect_stdout(sys.stderr):
-        quantized = nncf.quantize(graph, nncf.Dataset(feeds), preset=preset, subset_size=len(feeds),
-                                  fast_bias_correction=config.fast_bias_correction,
-                                  model_type=nncf.ModelType.TRANSFORMER, ignored_scope=ignored,
-                                  advanced_parameters=advanced)
+    keep = list(config.keep_float)
+    build = lambda q: ov_model(IrSource.from_model(q), model, {"graph": "openvino-pytorch-frontend"},  # noqa: E731
+                               precision=config.precision)
+    quantized = _quantize(graph, feeds, config, keep)
+    guard: dict[str, Any] = {}
+    if config.max_drop is not None:
+        assert ctx.evaluate is not None
+        reference = float(ctx.evaluate(model))
+        steps = [{"float_layers": list(keep), "score": float(ctx.evaluate(build(quantized)))}]
+        order = [n for n in _least_robust_first(model, linears, texts, config, ctx) if n not in keep]
+        while reference - steps[-1]["score"] > config.max_drop and order and \
+                len(keep) - len(config.keep_float) < config.max_float_layers:
+            keep.append(order.pop(0))
+            quantized = _quantize(graph, feeds, config, keep)
+            steps.append({"float_layers": list(keep), "score": float(ctx.evaluate(build(quantized)))})
+        guard = {"reference_score": reference, "steps": steps,
+                 "budget_met": reference - steps[-1]["score"] <= config.max_drop}
     fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     int8 = _int8_matmuls(quantized)
     int8_linears = sorted(n for n in linears if any(name.startswith(f"__module.{n}/") for name in int8))
-    converted = ov_model(IrSource.from_model(quantized), model, {"graph": "openvino-pytorch-frontend"},
-                         precision=config.precision)
-    adopt(model, converted)
+    adopt(model, build(quantized))
     return {"calibration_texts": len(texts), "fake_quantize_ops": fq, "int8_linears": len(int8_linears),
-            "float_linears": sorted(set(linears) - set(int8_linears))}
+            "float_linears": sorted(set(linears) - set(int8_linears)), **({"accuracy_guard": guard} if guard else {})}
