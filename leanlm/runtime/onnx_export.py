@@ -217,25 +217,35 @@ def verify_onnx(path: str | os.PathLike | bytes, model: LeanModel, module: torch
     Returns the largest absolute difference. Tolerance: atol + rtol * max|torch output|.
     """
     ort = require_ort()
-    module = module if module is not None else model.module
-    names = input_names(model)
     src = path if isinstance(path, bytes) else str(path)
     session = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     graph_inputs = {i.name for i in session.get_inputs()}
+    run = lambda batch: session.run(None, {k: v.numpy() for k, v in batch.items() if k in graph_inputs})[0]  # noqa: E731
+    return compare_with_torch(model, module if module is not None else model.module, run, "ONNX graph",
+                              "; export with exporter='dynamo' or report this model", rtol, atol)
+
+
+def compare_with_torch(model: LeanModel, module: torch.nn.Module, run: Any, what: str, advice: str = "",
+                       rtol: float = 1e-3, atol: float = 1e-3) -> float:
+    """Check a converted graph, `run(batch) -> numpy output`, against `module` on unseen-shape inputs.
+
+    Returns the largest absolute difference; raises ArtifactError naming `what` (and `advice`) when
+    the shapes differ, the output is not finite, or it is off by more than atol + rtol * max|torch output|.
+    """
+    names = input_names(model)
     worst = 0.0
     # batch 3 x longer sequence, and batch 1 without padding: neither is the traced shape
     for texts in (_CHECK_TEXTS, _CHECK_TEXTS[2:]):
         batch = _sample(model, texts, names, max_length=128)
         with torch.no_grad():
             ref = primary_output(module(**batch, return_dict=True)).float().numpy()
-        got = session.run(None, {k: v.numpy() for k, v in batch.items() if k in graph_inputs})[0]
+        got = run(batch)
         if got.shape != ref.shape:
-            raise ArtifactError(f"ONNX output shape {got.shape} differs from PyTorch {ref.shape}")
+            raise ArtifactError(f"{what}: output shape {got.shape} differs from PyTorch {ref.shape}")
         diff = float(np.abs(got - ref).max())
         worst = max(worst, diff)
         if not np.isfinite(got).all() or diff > atol + rtol * float(np.abs(ref).max()):
-            raise ArtifactError(f"ONNX graph does not match PyTorch (max abs diff {diff:.3g}); "
-                                "export with exporter='dynamo' or report this model")
+            raise ArtifactError(f"{what} does not match PyTorch (max abs diff {diff:.3g}){advice}")
     return worst
 
 

@@ -82,8 +82,6 @@ class IrSource:
     Saved as model.xml + model.bin; a loaded model reads them back through a GraphSource path.
     """
 
-    path = None
-
     def __init__(self, xml: bytes, weights: bytes):
         self.xml, self.weights = xml, weights
 
@@ -98,9 +96,6 @@ class IrSource:
             ov.save_model(model, str(xml), compress_to_fp16=False)
             return cls(xml.read_bytes(), xml.with_suffix(".bin").read_bytes())
 
-    def read(self) -> bytes:
-        return self.xml
-
     @property
     def nbytes(self) -> int:
         return len(self.xml) + len(self.weights)
@@ -113,7 +108,8 @@ def torch_graph(model: LeanModel) -> Any:
     ScaledDotProductAttention op, which the CPU plugin runs as a fused kernel and NNCF knows how
     to quantize around. The graph is checked against PyTorch on shapes other than the traced one.
     """
-    from leanlm.runtime.onnx_export import _CHECK_TEXTS, ENCODER_TASKS, _quiet_export, _sample, input_names
+    from leanlm.runtime.onnx_export import _CHECK_TEXTS, ENCODER_TASKS, _quiet_export, _sample, compare_with_torch, \
+        input_names
     from leanlm.runtime.torch_eager import _is_plain
 
     ov = require_openvino()
@@ -126,19 +122,13 @@ def torch_graph(model: LeanModel) -> Any:
                                f"{model.backend} or has quantized layers")
     module = copy.deepcopy(module).float().eval().cpu()
     module.config.return_dict = False  # tuples: the frontend's first output is the task's tensor
-    names = input_names(model)
     with torch.no_grad(), _quiet_export():
-        graph = ov.convert_model(module, example_input=_sample(model, _CHECK_TEXTS[:2], names, max_length=32))
+        graph = ov.convert_model(module, example_input=_sample(model, _CHECK_TEXTS[:2], input_names(model),
+                                                               max_length=32))
     graph.reshape({p.get_any_name(): ov.PartialShape([-1, -1]) for p in graph.inputs})
     compiled = core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    for texts in (_CHECK_TEXTS, _CHECK_TEXTS[2:]):
-        batch = _sample(model, texts, names, max_length=128)
-        with torch.no_grad():
-            ref = module(**batch)[0].float().numpy()
-        got = compiled({p.get_any_name(): batch[p.get_any_name()].numpy() for p in compiled.inputs})[0]
-        diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
-        if not np.isfinite(got).all() or diff > 1e-3 + 1e-3 * float(np.abs(ref).max()):
-            raise ArtifactError(f"OpenVINO's PyTorch frontend graph does not match PyTorch (max abs diff {diff:.3g})")
+    run = lambda batch: compiled({p.get_any_name(): batch[p.get_any_name()].numpy() for p in compiled.inputs})[0]  # noqa: E731
+    compare_with_torch(model, module, run, "OpenVINO's PyTorch frontend graph")
     return graph
 
 

@@ -30,8 +30,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import numpy as np
-
 from leanlm.artifact import LeanModel
 from leanlm.compress.quantize import DEFAULT_SKIP, FAMILY, QuantContext, eligible_linears
 from leanlm.config import BaseConfig, check, register, transform
@@ -116,19 +114,6 @@ def module_pattern(names: Sequence[str], parts: Sequence[str]) -> list[str]:
     return out
 
 
-def _feeds(model: LeanModel, graph: Any, texts: Sequence[str], batch_size: int, max_length: int) -> list[dict]:
-    """Calibration batches as numpy feeds for the graph's inputs; sorted by length so padding stays out of the statistics."""
-    names = [p.get_any_name() for p in graph.inputs]
-    ordered = sorted(texts, key=len)
-    out = []
-    for i in range(0, len(ordered), batch_size):
-        enc = model.tokenizer(list(ordered[i : i + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="np")
-        out.append({k: enc[k].astype(np.int64) if k in enc else np.zeros_like(enc["input_ids"], np.int64)
-                    for k in names})
-    return out
-
-
 _LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")
 
 
@@ -160,13 +145,10 @@ def _quantize(graph: Any, feeds: list[dict], config: Int8Nncf, keep_float: Seque
                              ignored_scope=ignored, advanced_parameters=advanced)
 
 
-def _least_robust_first(model: LeanModel, linears: dict, texts: Sequence[str], config: Int8Nncf,
-                        ctx: QuantContext) -> list[str]:
+def _least_robust_first(model: LeanModel, linears: dict, batches: list[dict], config: Int8Nncf) -> list[str]:
     """Eligible linears ordered by the SQNR of their (smoothed) int8 input, worst first (int8-static's scoring)."""
-    from leanlm.compress.quantize.int8_static import Int8Static, _batches, _plan
-    from leanlm.runtime.onnx_export import input_names
+    from leanlm.compress.quantize.int8_static import Int8Static, _plan
 
-    batches = _batches(model, texts, input_names(model), ctx.batch_size, ctx.max_length)
     _, sqnr = _plan(model.module, linears, batches, Int8Static(smooth=config.smooth))
     return sorted(sqnr, key=sqnr.get)
 
@@ -178,7 +160,9 @@ def _apply(model: LeanModel, config: Int8Nncf, ctx: QuantContext) -> dict:
     if config.max_drop is not None and ctx.evaluate is None:
         raise ConfigError("int8-nncf: max_drop needs an evaluate probe (QuantContext(evaluate=...); on the command "
                           "line, --calibration with a labelled dataset, whose validation split is used)")
+    from leanlm.compress.quantize.int8_static import _batches
     from leanlm.runtime.convert import adopt
+    from leanlm.runtime.onnx_export import input_names
     from leanlm.runtime.openvino import IrSource, ov_model, torch_graph
 
     linears = eligible_linears(model.module, config.skip)
@@ -188,8 +172,10 @@ def _apply(model: LeanModel, config: Int8Nncf, ctx: QuantContext) -> dict:
     if unknown:
         raise UnsupportedError(f"int8-nncf: keep_float names no eligible linear layer: {unknown[:3]} "
                                f"(e.g. {next(iter(linears))})")
-    graph = torch_graph(model)
-    feeds = _feeds(model, graph, texts, ctx.batch_size, ctx.max_length)
+    graph = torch_graph(model)  # its inputs are input_names(model)
+    # numpy batches for NNCF's statistics and the guard's SQNR scoring alike; sorted by length so
+    # padding stays out of the statistics
+    feeds = _batches(model, sorted(texts, key=len), input_names(model), ctx.batch_size, ctx.max_length)
     keep = list(config.keep_float)
     build = lambda q: ov_model(IrSource.from_model(q), model, {"graph": "openvino-pytorch-frontend"},  # noqa: E731
                                precision=config.precision)
@@ -199,7 +185,7 @@ def _apply(model: LeanModel, config: Int8Nncf, ctx: QuantContext) -> dict:
         assert ctx.evaluate is not None
         reference = float(ctx.evaluate(model))
         steps = [{"float_layers": list(keep), "score": float(ctx.evaluate(build(quantized)))}]
-        order = [n for n in _least_robust_first(model, linears, texts, config, ctx) if n not in keep]
+        order = [n for n in _least_robust_first(model, linears, feeds, config) if n not in keep]
         while reference - steps[-1]["score"] > config.max_drop and order and \
                 len(keep) - len(config.keep_float) < config.max_float_layers:
             keep.append(order.pop(0))
