@@ -1,7 +1,7 @@
 """leanlm: make transformer language models fast and cheap at inference, and prove it.
 
 Public verbs (the CLI exposes the same ones):
-    load, embed, finetune, quantize_, quantize, evaluate, benchmark, generate
+    load, embed, finetune, quantize_, quantize, prune_, prune, evaluate, benchmark, generate
 """
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ _LAZY = {
     "quantize_": "leanlm.compress.quantize",
     "quantize": "leanlm.compress.quantize",
     "QuantContext": "leanlm.compress.quantize",
+    "prune_": "leanlm.compress.prune",
+    "prune": "leanlm.compress.prune",
+    "PruneContext": "leanlm.compress.prune",
     "finetune": "leanlm.train.finetune",
     "FinetuneConfig": "leanlm.train.finetune",
     "evaluate": "leanlm.bench.evaluate",

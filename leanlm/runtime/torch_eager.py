@@ -15,6 +15,7 @@ import torch
 from leanlm.artifact import LeanModel, Record, replay_restores
 from leanlm.errors import ArtifactError
 from leanlm.runtime import register_backend
+from leanlm.shapes import describe, rebuild
 
 SAFETENSORS = "model.safetensors"
 STATE_DICT = "weights.pt"
@@ -51,6 +52,8 @@ class TorchBackend:
         if _is_plain(module) and not model.record.techniques:
             module.save_pretrained(directory, safe_serialization=True)
             return SAFETENSORS
+        # per-layer shapes (pruning, low-rank) that config.json cannot express; see leanlm.shapes
+        model.record.extra["structure"] = describe(module)
         module.config.save_pretrained(directory)
         if getattr(module, "generation_config", None) is not None:
             try:
@@ -74,6 +77,7 @@ class TorchBackend:
             else:
                 config = AutoConfig.from_pretrained(directory)
                 module = cls.from_config(config)
+                rebuild(module, record.extra.get("structure"))
                 replay_restores(module, record)
                 # Free the randomly initialised float weights before reading the saved (smaller)
                 # tensors, so peak memory is not float model + quantized model at once.
