@@ -5,6 +5,9 @@ reference quantizers, so the bytes are what llama.cpp expects); the token embedd
 Q4_0 files (llama.cpp's own mixes keep it at >= 6 bits). q/k projections are permuted back into
 llama.cpp's rotary layout (the inverse of what transformers does when it reads a GGUF). The
 tokenizer (byte-level BPE vocabulary, merges, special ids, chat template) is embedded.
+Structurally pruned models (layers with their own head counts / FFN widths) are written with
+per-layer `head_count` / `head_count_kv` / `feed_forward_length` arrays under llama.cpp's "deci"
+architecture; uniform ones stay "llama" with the widths read from the weights.
 
 Example:
     >>> from leanlm.export.gguf import export_gguf, read_gguf
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +83,12 @@ def export_gguf(model: Any, path: str | os.PathLike, type: str = "q8_0", overwri
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        writer = gguf.GGUFWriter(tmp, "llama")
-        _write_metadata(gguf, writer, model, type, tokenizer_pre)
+        widths = layer_widths(model.module)
+        # per-layer head counts / FFN widths (a structurally pruned model): llama.cpp's "deci"
+        # architecture (Llama tensors, per-layer arrays, as for Nemotron-NAS) reads them; its
+        # "llama" graph assumes every layer is like layer 0
+        writer = gguf.GGUFWriter(tmp, "deci" if widths.varied else "llama")
+        _write_metadata(gguf, writer, model, type, tokenizer_pre, widths)
         _write_tensors(gguf, writer, model.module, type)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -96,18 +104,48 @@ def export_gguf(model: Any, path: str | os.PathLike, type: str = "q8_0", overwri
 _FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}
 
 
-def _write_metadata(gguf: Any, w: Any, model: Any, type: str, pre: str | None) -> None:
+@dataclass(frozen=True)
+class Widths:
+    """Per-layer shapes read from the weights (config.json keeps the unpruned values)."""
+
+    head_dim: int
+    heads: list[int]
+    kv_heads: list[int]
+    ffn: list[int]
+
+    @property
+    def varied(self) -> bool:
+        return any(len(set(v)) > 1 for v in (self.heads, self.kv_heads, self.ffn))
+
+    def value(self, values: list[int]) -> int | list[int]:
+        """One number when every layer agrees, else the per-layer array (GGUF allows both)."""
+        return values[0] if len(set(values)) == 1 else list(values)
+
+
+def layer_widths(module: torch.nn.Module) -> Widths:
+    cfg = module.config
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    layers = module.model.layers
+    return Widths(head_dim, [int(l.self_attn.q_proj.out_features) // head_dim for l in layers],
+                  [int(l.self_attn.k_proj.out_features) // head_dim for l in layers],
+                  [int(l.mlp.down_proj.in_features) for l in layers])
+
+
+def _write_metadata(gguf: Any, w: Any, model: Any, type: str, pre: str | None, widths: Widths) -> None:
     cfg = model.module.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     rope = getattr(cfg, "rope_parameters", None) or {}
     w.add_name(str(model.record.base_model))
     w.add_context_length(int(cfg.max_position_embeddings))
     w.add_embedding_length(int(cfg.hidden_size))
-    w.add_block_count(int(cfg.num_hidden_layers))
-    w.add_feed_forward_length(int(cfg.intermediate_size))
-    w.add_head_count(int(cfg.num_attention_heads))
-    w.add_head_count_kv(int(cfg.num_key_value_heads))
-    w.add_rope_dimension_count(int(head_dim))
+    w.add_block_count(len(widths.heads))
+    w.add_feed_forward_length(widths.value(widths.ffn))
+    w.add_head_count(widths.value(widths.heads))
+    w.add_head_count_kv(widths.value(widths.kv_heads))
+    if widths.varied or int(cfg.hidden_size) != widths.heads[0] * widths.head_dim:
+        # llama.cpp derives the head size as hidden / heads of layer 0 unless told
+        w.add_key_length(widths.head_dim)
+        w.add_value_length(widths.head_dim)
+    w.add_rope_dimension_count(widths.head_dim)
     w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
     w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
     w.add_vocab_size(int(cfg.vocab_size))
@@ -157,7 +195,7 @@ def _write_tokenizer(gguf: Any, w: Any, tok: Any, n_vocab: int, pre: str | None)
 
 def _write_tensors(gguf: Any, w: Any, module: torch.nn.Module, type: str) -> None:
     cfg = module.config
-    n_head, n_kv = int(cfg.num_attention_heads), int(cfg.num_key_value_heads)
+    widths = layer_widths(module)
     inner = module.model
     names: list[tuple[str, np.ndarray, str]] = []
     emb = _tensor(inner.embed_tokens.weight)
@@ -165,6 +203,7 @@ def _write_tensors(gguf: Any, w: Any, module: torch.nn.Module, type: str) -> Non
     for i, layer in enumerate(inner.layers):
         a, m = layer.self_attn, layer.mlp
         p = f"blk.{i}"
+        n_head, n_kv = widths.heads[i], widths.kv_heads[i]
         names += [
             (f"{p}.attn_norm.weight", _tensor(layer.input_layernorm.weight), "f32"),
             (f"{p}.attn_q.weight", permute(_tensor(a.q_proj.weight), n_head), type),

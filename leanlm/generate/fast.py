@@ -234,11 +234,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """One decoder layer's weights (fused, packed); the computation is `layer_forward`."""
+    """One decoder layer's weights (fused, packed); the computation is `layer_forward`.
 
-    def __init__(self, layer: nn.Module, kind: str, dtype: torch.dtype):
+    Head counts and FFN width are the layer's own (read from its weight shapes), so structurally
+    pruned models, whose layers differ, run too.
+    """
+
+    def __init__(self, layer: nn.Module, kind: str, dtype: torch.dtype, head_dim: int):
         super().__init__()
         a, m = layer.self_attn, layer.mlp
+        self.n_heads = a.q_proj.out_features // head_dim
+        self.n_kv = a.k_proj.out_features // head_dim
+        # layers with equal signatures share one compiled graph
+        self.signature = (self.n_heads, self.n_kv, m.down_proj.in_features)
         self.ln1 = nn.Parameter(layer.input_layernorm.weight.detach().to(dtype), requires_grad=False)
         self.ln2 = nn.Parameter(layer.post_attention_layernorm.weight.detach().to(dtype), requires_grad=False)
         self.qkv = Fused([a.q_proj, a.k_proj, a.v_proj], kind, dtype)
@@ -302,15 +310,13 @@ class FastLlama(nn.Module):
             raise UnsupportedError(f"the fast decoder does not support rope type {rope_type!r}; use fast=False")
         device = next(hf.parameters()).device
         self.dtype = dtype
-        self.n_layers = cfg.num_hidden_layers
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv = cfg.num_key_value_heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        self.n_layers = len(hf.model.layers)
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.eps = float(cfg.rms_norm_eps)
         self.max_positions = int(cfg.max_position_embeddings)
         kind = "float" if weights == "auto" else weights
         self.embed = nn.Parameter(hf.model.embed_tokens.weight.detach().to(dtype), requires_grad=False)
-        self.layers = nn.ModuleList(Block(layer, kind, dtype) for layer in hf.model.layers)
+        self.layers = nn.ModuleList(Block(layer, kind, dtype, self.head_dim) for layer in hf.model.layers)
         self.norm = nn.Parameter(hf.model.norm.weight.detach().to(dtype), requires_grad=False)
         # The output head is the largest matrix (vocab x hidden). int4 there costs real accuracy
         # (KLD vs fp32 0.06 instead of 0.002 on SmolLM2), so int4 models keep an int8 head.
@@ -335,11 +341,11 @@ class FastLlama(nn.Module):
         return int(self.k_cache[0].shape[2]) if self.k_cache else 0
 
     def allocate(self, capacity: int) -> None:
-        # one (batch 1, kv heads, positions, head dim) tensor per layer, for K and for V
-        shape = (1, self.n_kv, capacity, self.head_dim)
+        # one (batch 1, the layer's kv heads, positions, head dim) tensor per layer, for K and for V
         dev = self.embed.device
-        self.k_cache = [torch.zeros(shape, dtype=self.attn_dtype, device=dev) for _ in range(self.n_layers)]
-        self.v_cache = [torch.zeros(shape, dtype=self.attn_dtype, device=dev) for _ in range(self.n_layers)]
+        shapes = [(1, blk.n_kv, capacity, self.head_dim) for blk in self.layers]
+        self.k_cache = [torch.zeros(s, dtype=self.attn_dtype, device=dev) for s in shapes]
+        self.v_cache = [torch.zeros(s, dtype=self.attn_dtype, device=dev) for s in shapes]
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, end: int | None = None,
                 all_logits: bool = False, layer_fn: Any = None) -> torch.Tensor:
@@ -352,19 +358,21 @@ class FastLlama(nn.Module):
         Returns (T, V) logits if all_logits else (V,) for the last token, in the compute dtype.
         """
         T = ids.shape[0]
-        g = self.n_heads // self.n_kv
         x = F.embedding(ids, self.embed)[None]  # (1, T, hidden)
         cos, sin = self.cos[positions][None, None], self.sin[positions][None, None]  # (1, 1, T, D)
         S = self.capacity if end is None else end
-        mask = None
-        if end is None or T > 1:
-            # query t sees keys at positions <= its own; GQA groups stack queries: rows = (g, T)
-            key_pos = torch.arange(S, device=ids.device)
-            mask = (key_pos[None, :] <= positions[:, None]).repeat(g, 1)  # (g*T, S)
-        shape = (self.n_heads, self.n_kv, self.head_dim, self.eps, self.attn_dtype)
+        masks: dict[int, torch.Tensor | None] = {}
         fn = layer_fn or layer_forward
         for i, blk in enumerate(self.layers):
-            x = fn(blk, x, cos, sin, mask, positions, self.k_cache[i], self.v_cache[i], end, shape)
+            g = blk.n_heads // blk.n_kv
+            if g not in masks:
+                masks[g] = None
+                if end is None or T > 1:
+                    # query t sees keys at positions <= its own; GQA groups stack queries: rows = (g, T)
+                    key_pos = torch.arange(S, device=ids.device)
+                    masks[g] = (key_pos[None, :] <= positions[:, None]).repeat(g, 1)  # (g*T, S)
+            shape = (blk.n_heads, blk.n_kv, self.head_dim, self.eps, self.attn_dtype)
+            x = fn(blk, x, cos, sin, masks[g], positions, self.k_cache[i], self.v_cache[i], end, shape)
         if not all_logits:
             x = x[:, -1:]
         x = _rms_norm(x, self.norm, self.eps)
@@ -461,7 +469,14 @@ class FastDecoder:
                 step = compile_step()
                 self._run = lambda ids, positions, all_logits: step(net, ids, positions, all_logits)
             else:
-                layer_fn = compile_layer()
+                # one compiled function per distinct layer signature (pruned layers differ), so
+                # no function recompiles for every layer shape and hits dynamo's recompile limit
+                compiled: dict[tuple, Any] = {}
+
+                def layer_fn(blk: Block, *args: Any) -> torch.Tensor:
+                    if blk.signature not in compiled:
+                        compiled[blk.signature] = compile_layer()
+                    return compiled[blk.signature](blk, *args)
                 self._run = lambda ids, positions, all_logits: net(ids, positions, end=None, all_logits=all_logits,
                                                                    layer_fn=layer_fn)
         return self._run

@@ -99,16 +99,17 @@ def validation_probe(name: str, model: Any) -> Any:
     return lambda m: 100.0 * evaluate(m, validation)["accuracy"]
 
 
-def _list_methods() -> None:
+def _list_methods(family: str = "quantize") -> None:
+    """Print a family's methods with their options (from the config fields) as a table."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from leanlm.compress.quantize import config_class, method_names
+    from leanlm.config import lookup, names
 
     t = Table("method", "what it does", "options (default)")
-    for name in method_names():
-        cls = config_class(name)
+    for name in names(family):
+        cls = lookup(family, name)
         opts = []
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
