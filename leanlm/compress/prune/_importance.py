@@ -171,7 +171,8 @@ def unit_rows(units: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def param_count(module: nn.Module) -> int:
-    seen = {id(p): p.numel() for p in module.parameters()}
+    # tied weights count once, also when loading gave them two Parameters over one storage
+    seen = {(p.data_ptr(), tuple(p.shape)): p.numel() for p in module.parameters()}
     return int(sum(seen.values()))
 
 
