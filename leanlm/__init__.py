@@ -1,7 +1,7 @@
 """leanlm: make transformer language models fast and cheap at inference, and prove it.
 
 Public verbs (the CLI exposes the same ones):
-    load, embed, finetune, quantize_, quantize, prune_, prune, evaluate, benchmark, generate
+    load, embed, finetune, quantize_, quantize, prune_, prune, factorize_, factorize, evaluate, benchmark, generate
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ _LAZY = {
     "prune_": "leanlm.compress.prune",
     "prune": "leanlm.compress.prune",
     "PruneContext": "leanlm.compress.prune",
+    "factorize_": "leanlm.compress.lowrank",
+    "factorize": "leanlm.compress.lowrank",
     "finetune": "leanlm.train.finetune",
     "FinetuneConfig": "leanlm.train.finetune",
     "evaluate": "leanlm.bench.evaluate",

@@ -30,6 +30,7 @@ _COMMAND_MODULES = [
     "leanlm.train.cli",
     "leanlm.compress.quantize.cli",
     "leanlm.compress.prune.cli",
+    "leanlm.compress.lowrank_cli",
     "leanlm.bench.cli",
     "leanlm.generate.cli",
     "leanlm.demo",

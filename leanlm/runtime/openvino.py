@@ -16,6 +16,8 @@ A model directory for this backend holds `model.onnx` (or `model.xml` + `model.b
 - threads: INFERENCE_NUM_THREADS = $LEANLM_THREADS, else every core this process may use.
 - shapes: optional static (batch, sequence) shapes compiled besides the dynamic graph
   (`with_shapes`); inputs of exactly such a shape run the static graph (~10% faster here).
+- sparse_weights_rate: optional CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE (`with_sparse_weights`):
+  int8 FullyConnected layers at least this sparse may use the sparse AMX kernel.
 
 Graphs come from ONNX (`convert`, int8-static's QDQ graph) or from OpenVINO's own PyTorch
 frontend (`torch_graph`: attention arrives as one ScaledDotProductAttention op), which NNCF
@@ -140,10 +142,12 @@ class OvRunner:
         config: the HF config (LeanModel reads max_position_embeddings from it).
         precision: "fp32" | "bf16" | "fp16" for layers not already int8 (falls back to fp32).
         hint: "latency" | "throughput".
+        sparse_rate: CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE in (0, 1], or None for OpenVINO's default
+            (off); see `with_sparse_weights`.
     """
 
     def __init__(self, source: GraphSource | IrSource, config: Any = None, precision: str = "fp32", hint: str = "latency",
-                 threads: int | None = None, shapes: Sequence[Sequence[int]] = ()):
+                 threads: int | None = None, shapes: Sequence[Sequence[int]] = (), sparse_rate: float | None = None):
         if hint not in HINTS:
             raise UnsupportedError(f"openvino hint must be 'latency' or 'throughput', got {hint!r}")
         self.source, self.config, self.hint = source, config, hint
@@ -156,6 +160,9 @@ class OvRunner:
             "PERFORMANCE_HINT": hint.upper(),
             "INFERENCE_NUM_THREADS": self.threads,
         }
+        self.sparse_rate = _check_rate(sparse_rate)
+        if self.sparse_rate is not None:
+            self.props[SPARSE_RATE] = self.sparse_rate
         self.compiled = self._compile(None)
         self.request = self.compiled.create_infer_request()
         # (batch, sequence) -> (compiled, request) for the static shapes; others use the dynamic graph
@@ -163,13 +170,16 @@ class OvRunner:
         self.inputs = {p.get_any_name(): _NP.get(p.get_element_type().get_type_name(), np.int64)
                        for p in self.compiled.inputs}
 
+    def read(self) -> Any:
+        """The graph as an uncompiled `openvino.Model`."""
+        src = self.source
+        if isinstance(src, IrSource):
+            return core().read_model(src.xml, src.weights)
+        return core().read_model(io.BytesIO(src.data) if src.data is not None else str(src.path))
+
     def _compile(self, shape: tuple[int, int] | None) -> Any:
         try:
-            src = self.source
-            if isinstance(src, IrSource):
-                model = core().read_model(src.xml, src.weights)
-            else:
-                model = core().read_model(io.BytesIO(src.data) if src.data is not None else str(src.path))
+            model = self.read()
             if shape is not None:
                 model.reshape({p.get_any_name(): list(shape) for p in model.inputs})
             return core().compile_model(model, "CPU", self.props)
@@ -189,7 +199,7 @@ class OvRunner:
 
     def __deepcopy__(self, memo: dict) -> "OvRunner":
         return OvRunner(self.source, copy.deepcopy(self.config, memo), self.requested_precision, self.hint,
-                        self.threads, self.shapes)
+                        self.threads, self.shapes, self.sparse_rate)
 
 
 def _check_shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
@@ -216,7 +226,7 @@ def with_shapes(model: LeanModel, shapes: Sequence[Sequence[int]]) -> LeanModel:
         raise UnsupportedError(f"static shapes are an OpenVINO setting; this model runs on {model.backend}")
     r = model.runner
     shapes = _check_shapes(shapes)
-    runner = OvRunner(r.source, copy.deepcopy(r.config), r.requested_precision, r.hint, r.threads, shapes)
+    runner = OvRunner(r.source, copy.deepcopy(r.config), r.requested_precision, r.hint, r.threads, shapes, r.sparse_rate)
     record = copy.deepcopy(model.record)
     record.extra["runtime"] = {**record.extra.get("runtime", {}), "shapes": [list(s) for s in shapes]}
     out = LeanModel(None, model.tokenizer, record, runner=runner)
@@ -271,8 +281,92 @@ class OpenVinoBackend:
             raise ArtifactError(f"{directory} is incomplete: {path.with_suffix('.bin').name} is missing")
         rt = record.extra.get("runtime", {})
         runner = OvRunner(GraphSource(path=path), config, rt.get("precision", "fp32"), rt.get("hint", "latency"),
-                          shapes=rt.get("shapes", ()))
+                          shapes=rt.get("shapes", ()), sparse_rate=rt.get("sparse_weights_rate"))
         return LeanModel(None, tokenizer, record, runner=runner)
+
+
+# --------------------------------------------------------------------------- sparse int8 weights
+# OpenVINO's CPU plugin can store the weights of an int8 FullyConnected layer compressed (zeros
+# dropped) and decompress them inside its AMX brgemm kernel, when the layer is at least `rate`
+# sparse. Only AMX CPUs have that kernel; everywhere else the property is accepted and ignored.
+
+SPARSE_RATE = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+
+
+def _check_rate(rate: float | None) -> float | None:
+    if rate is None:
+        return None
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < rate <= 1.0:
+        raise UnsupportedError(f"openvino sparse_weights_rate must be in (0, 1], got {rate!r}")
+    return float(rate)
+
+
+def sparse_weights_support() -> tuple[bool, str]:
+    """(whether this CPU has the AMX int8 units OpenVINO's sparse-weight kernel needs, why not)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+        amx = "amx_int8" in flags and "amx_tile" in flags
+    except OSError:  # not Linux: ask torch's own CPU probe
+        amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return (True, "") if amx else (False, "this CPU has no AMX int8 units")
+
+
+def with_sparse_weights(model: LeanModel, rate: float = 0.5) -> LeanModel:
+    """A copy of an OpenVINO model compiled with CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE = `rate`.
+
+    int8 FullyConnected layers whose weights are at least `rate` zeros (e.g. after magnitude or
+    Wanda pruning, then int8-nncf) may then run OpenVINO's sparse AMX kernel. Recorded in
+    extra.runtime.sparse_weights_rate, so loading compiles it the same way. Whether the kernel
+    was picked: `sparse_kernels`; whether it is faster: measure it.
+
+    Args:
+        model: a model on the openvino backend (int8 for any effect).
+        rate: minimum fraction of zero weights in (0, 1] for a layer to use the sparse kernel.
+
+    Example:
+        >>> sparse = with_sparse_weights(leanlm.load("runs/minilm-pruned-nncf"), rate=0.5)
+        >>> sparse_kernels(sparse)["sparse_layers"]
+    """
+    if not isinstance(model.runner, OvRunner):
+        raise UnsupportedError(f"sparse weights are an OpenVINO setting; this model runs on {model.backend}")
+    r = model.runner
+    runner = OvRunner(r.source, copy.deepcopy(r.config), r.requested_precision, r.hint, r.threads, r.shapes,
+                      _check_rate(rate))
+    record = copy.deepcopy(model.record)
+    record.extra["runtime"] = {**record.extra.get("runtime", {}), "sparse_weights_rate": float(rate)}
+    out = LeanModel(None, model.tokenizer, record, runner=runner)
+    out.path = model.path
+    return out
+
+
+def sparse_kernels(model: LeanModel, texts: Sequence[str] = ("A gorgeous, witty, seductive movie.",)) -> dict[str, Any]:
+    """Which kernels OpenVINO's CPU plugin runs for the FullyConnected layers of `model`.
+
+    Compiles the model's graph with its own settings plus performance counters, runs `texts`
+    once, and reads each FullyConnected node's executed kernel ("brgemm_avx512_amx_sparse_*"
+    when the sparse-weight kernel was selected). No timing: this says what runs, not how fast.
+
+    Returns {"amx": bool, "rate": the compile rate or None, "fully_connected": count,
+    "sparse_layers": [node names], "kernels": {kernel: count}}.
+    """
+    if not isinstance(model.runner, OvRunner):
+        raise UnsupportedError(f"sparse_kernels reads OpenVINO's kernels; this model runs on {model.backend}")
+    runner = model.runner
+    amx, _ = sparse_weights_support()
+    compiled = core().compile_model(runner.read(), "CPU", {**runner.props, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    enc = model.tokenizer(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
+    request.infer(to_feed(dict(enc), runner.inputs))
+    kernels: dict[str, int] = {}
+    sparse, count = [], 0
+    for info in request.profiling_info:
+        if info.node_type.startswith("FullyConnected"):
+            count += 1
+            kernels[info.exec_type] = kernels.get(info.exec_type, 0) + 1
+            if "sparse" in info.exec_type:
+                sparse.append(info.node_name)
+    return {"amx": amx, "rate": runner.sparse_rate, "fully_connected": count, "sparse_layers": sparse,
+            "kernels": kernels}
 
 
 register_backend(OpenVinoBackend())
