@@ -177,9 +177,10 @@ def baseline(args: argparse.Namespace, splits: Any, notes: list[str]) -> Any:
         notes.append("no --model: MiniLM with an UNTRAINED classification head; accuracy deltas are meaningless")
         return leanlm.load("minilm-l6", labels=splits.train.label_names)
     clf = leanlm.load(args.model)
-    if clf.task != "sequence-classification" or clf.backend != "torch" or not _is_plain(clf.module):
-        raise ConfigError(f"--model must be a float PyTorch sequence classifier; {args.model} is a {clf.task} model "
-                          f"on {clf.backend}" + ("" if clf.backend != "torch" else " with compressed layers"))
+    plain = clf.backend == "torch" and _is_plain(clf.module)
+    if clf.task != "sequence-classification" or not plain:
+        raise ConfigError(f"--model must be a float PyTorch sequence classifier; {args.model} is a "
+                          f"{'' if plain else 'compressed '}{clf.task} model on {clf.backend}")
     return clf
 
 
@@ -455,10 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lines = run(args, log)
     except LeanlmError as e:
-        from rich.console import Console
-        from rich.text import Text
+        import typer
 
-        Console(stderr=True).print(Text(f"error: {e}", style="red"))
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)  # as the leanlm CLI does
         return 2
     print("\n".join(lines))
     print(f"report: {Path(args.out) / 'summary.md'}", file=sys.stderr)
