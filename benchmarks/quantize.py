@@ -26,7 +26,9 @@ import sys
 import time
 from typing import Any
 
-PEER_ORT, PEER_OV = "peer: ONNX Runtime dynamic int8", "peer: OpenVINO bf16"
+from _peers import PEER_ORT, ort_dynamic_peer  # benchmarks/ is on sys.path when a script runs
+
+PEER_OV = "peer: OpenVINO bf16"  # via ONNX (convert); compress.py's OpenVINO peer converts straight from PyTorch
 BASELINE = "float PyTorch eager"
 # Backend variants worth a row besides each method's defaults (the registry gives one row per method).
 VARIANTS = [
@@ -78,28 +80,6 @@ def configs(args: argparse.Namespace) -> list[tuple[str, Any]]:
         label = name + " (" + ", ".join(f"{k}={v}" for k, v in opts.items()) + ")"
         out.append((label, cfg))
     return out
-
-
-def ort_dynamic_peer(model: Any) -> Any:
-    """What a user gets from ONNX Runtime's own tooling: fused graph + quantize_dynamic with its defaults."""
-    import tempfile
-    from pathlib import Path
-
-    from onnxruntime.quantization import quantize_dynamic
-
-    from leanlm.runtime.convert import convert
-    from leanlm.runtime.onnx_export import quiet_ort_tools
-    from leanlm.runtime.onnxruntime import GraphSource, ort_model
-
-    fused = convert(model, "onnxruntime")
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fused.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(fused.runner.source.read())
-        with quiet_ort_tools():
-            quantize_dynamic(src, dst, extra_options={"DefaultTensorType": 1})  # 1 = FLOAT (fused ops)
-        peer = ort_model(GraphSource(data=dst.read_bytes()), model, fused.record.extra["runtime"])
-    peer.record.notes.append("peer: onnxruntime.quantization.quantize_dynamic defaults on the fused graph")
-    return peer
 
 
 def build(base: Any, items: list[tuple[str, Any]], calibration: list[str], peers: bool, compile_: bool,

@@ -3,9 +3,15 @@
 Same inputs for every model (real sentences, padded/truncated to exactly `seq_len` tokens so
 shapes are fixed), warm-up first, latency at batch 1 (median and p99 over repeats), throughput at
 batch 32, threads set explicitly (default: all cores). All models of one `benchmark` call are
-timed in interleaved rounds (A B A B ...), so load drift on a shared machine hurts all of them
-alike; every speed claim is a ratio against the reference model measured in the same run. Peak
-memory is measured in a fresh child process per model directory (ru_maxrss), never in this one.
+timed in interleaved rounds (A B C, B C A, C A B, ...: each round's order is rotated, so no model
+is always timed first or right after the same one), so load drift on a shared machine hurts all of them alike; every
+speed claim is a ratio against the reference model measured in the same run. Peak memory is
+measured in a fresh child process per model directory (ru_maxrss), never in this one.
+
+Real-traffic mode (`BenchConfig.traffic_repeats`): the data's test texts in their original order,
+batches of 32 padded only to their own longest text (what a user's traffic looks like), timed
+interleaved and rotated batch by batch; texts/s and per-batch latency. Accuracy deltas come with a
+paired-bootstrap interval (`leanlm.bench.stats`).
 
 Example:
     >>> res = benchmark({"fp32": fp32, "int8": int8}, data="movie-snippets")
@@ -97,6 +103,12 @@ class BenchConfig(BaseConfig):
         eval_batch_size: batch size for accuracy and fidelity passes.
         fidelity_texts: texts for embedding fidelity (feature-extraction models).
         lm_tokens: WikiText-2 test tokens for causal-lm perplexity / KL vs the reference (0 = skip).
+        traffic_repeats: timed passes of the real-traffic mode over the data's test texts in their
+            original order, batches padded only to their own longest text (0 = skip the mode).
+        traffic_batch: texts per batch in the real-traffic mode.
+        traffic_limit: real-traffic mode on at most this many test texts (None = all).
+        bootstrap: paired-bootstrap resamples for the accuracy-delta interval (0 = no interval).
+        bootstrap_seed: seed of those resamples.
 
     Example:
         >>> BenchConfig(repeats=10, threads=2)
@@ -114,6 +126,11 @@ class BenchConfig(BaseConfig):
     eval_batch_size: int = 32
     fidelity_texts: int = 256
     lm_tokens: int = 2048
+    traffic_repeats: int = 0
+    traffic_batch: int = 32
+    traffic_limit: int | None = None
+    bootstrap: int = 2000
+    bootstrap_seed: int = 0
 
     def validate(self) -> None:
         for name, low in (("seq_len", 1), ("latency_batch", 1), ("throughput_batch", 1), ("warmup", 0),
@@ -127,6 +144,15 @@ class BenchConfig(BaseConfig):
         check(self.eval_limit is None or (_is_int(self.eval_limit) and self.eval_limit >= 1),
               f"bench: eval_limit must be None or an integer >= 1, got {self.eval_limit!r}")
         check(isinstance(self.memory, bool), f"bench: memory must be true or false, got {self.memory!r}")
+        self._validate_protocol()
+
+    def _validate_protocol(self) -> None:
+        """The real-traffic mode and the accuracy intervals."""
+        for name, low in (("traffic_repeats", 0), ("traffic_batch", 1), ("bootstrap", 0), ("bootstrap_seed", 0)):
+            v = getattr(self, name)
+            check(_is_int(v) and v >= low, f"bench: {name} must be an integer >= {low}, got {v!r}")
+        check(self.traffic_limit is None or (_is_int(self.traffic_limit) and self.traffic_limit >= 1),
+              f"bench: traffic_limit must be None or an integer >= 1, got {self.traffic_limit!r}")
 
 
 # ----------------------------------------------------------------------------- threads, machine
@@ -234,6 +260,14 @@ def _time_call(model: LeanModel, batch: dict[str, torch.Tensor]) -> float:
     return time.perf_counter() - t0
 
 
+def rotated(n: int, r: int) -> list[int]:
+    """Model order of interleaved round `r`: 0..n-1 shifted by r. Each model takes every position in
+    turn, and the first of a round follows the last of the previous one, so no model is always timed
+    first or always right after the same model (whose cache footprint it pays for)."""
+    k = r % n if n else 0
+    return list(range(k, n)) + list(range(k))
+
+
 def _speed(models: Sequence[LeanModel], config: BenchConfig, texts: Sequence[str], tick: Any = None) -> list[dict]:
     """Time all models in interleaved rounds; one dict of speed figures per model."""
     tick = tick or (lambda *_: None)
@@ -248,13 +282,13 @@ def _speed(models: Sequence[LeanModel], config: BenchConfig, texts: Sequence[str
         tick("warm-up")
     lat: list[list[float]] = [[] for _ in models]
     tp: list[list[float]] = [[] for _ in models]
-    for _ in range(config.repeats):
-        for i, m in enumerate(models):
-            lat[i].append(_time_call(m, lat_in[i]))
+    for r in range(config.repeats):
+        for i in rotated(len(models), r):
+            lat[i].append(_time_call(models[i], lat_in[i]))
         tick("latency")
-    for _ in range(config.throughput_repeats):
-        for i, m in enumerate(models):
-            tp[i].append(_time_call(m, tp_in[i]))
+    for r in range(config.throughput_repeats):
+        for i in rotated(len(models), r):
+            tp[i].append(_time_call(models[i], tp_in[i]))
         tick("throughput")
     out = []
     for i in range(len(models)):
@@ -280,6 +314,48 @@ def measure_speed(model: LeanModel, config: BenchConfig = BenchConfig(), texts: 
     """
     with threads_set(config.threads):
         return _speed([model], config, list(texts or SENTENCES))[0]
+
+
+# ----------------------------------------------------------------------------- real-traffic mode
+
+def traffic_batches(model: LeanModel, texts: Sequence[str], batch: int, max_length: int) -> list[dict[str, torch.Tensor]]:
+    """`texts` in their order, `batch` at a time, each batch padded only to its own longest text."""
+    return [model.encode(list(texts[i : i + batch]), max_length=max_length) for i in range(0, len(texts), batch)]
+
+
+def _traffic(models: Sequence[LeanModel], config: BenchConfig, texts: Sequence[str], tick: Any = None) -> list[dict]:
+    """Time all models on real traffic: every pass runs each batch on every model, rotated per batch.
+
+    Interleaving per batch (not per pass) keeps the models' timings of one batch seconds apart,
+    so drift on a shared machine cannot favour whichever model ran its whole pass in a quiet spell.
+    """
+    tick = tick or (lambda *_: None)
+    inputs = [traffic_batches(m, texts, config.traffic_batch, config.seq_len) for m in models]
+    nb = len(inputs[0])
+    if config.warmup:  # variable shapes: dynamic-shape runtimes plan kernels per new shape on first sight
+        for m, batches in zip(models, inputs):
+            for b in batches:
+                m(**b)
+    tick("traffic warm-up")
+    calls: list[list[float]] = [[] for _ in models]
+    passes: list[list[float]] = [[] for _ in models]
+    for p in range(config.traffic_repeats):
+        total = [0.0] * len(models)
+        for j in range(nb):
+            for i in rotated(len(models), p * nb + j):
+                dt = _time_call(models[i], inputs[i][j])
+                calls[i].append(dt)
+                total[i] += dt
+        for i, t in enumerate(total):
+            passes[i].append(t)
+        tick("traffic")
+    out = []
+    for i in range(len(models)):
+        med = float(np.median(passes[i]))
+        out.append({"traffic_texts_s": len(texts) / med, "traffic_batch_ms_p50": 1e3 * _percentile(calls[i], 50),
+                    "traffic_batch_ms_p99": 1e3 * _percentile(calls[i], 99),
+                    "traffic_spread_pct": 100 * (max(passes[i]) - min(passes[i])) / med, "traffic_texts": len(texts)})
+    return out
 
 
 # ----------------------------------------------------------------------------- sizes and memory
@@ -321,6 +397,9 @@ ROW_FIELDS = (
     "accuracy", "macro_f1", "eval_n", "agreement", "embedding_mean_cosine", "embedding_min_cosine",
     "perplexity", "kl_divergence",
     "throughput_ratio", "latency_ratio", "size_ratio", "accuracy_delta_pts",
+    # real-traffic mode (BenchConfig.traffic_repeats) and the accuracy delta's bootstrap interval
+    "traffic_texts_s", "traffic_batch_ms_p50", "traffic_batch_ms_p99", "traffic_spread_pct", "traffic_texts",
+    "traffic_ratio", "accuracy_delta_low", "accuracy_delta_high",
     "notes",
 )
 # agreement: classifiers, share of identical predictions; causal LMs, top-1 next-token agreement.
@@ -530,6 +609,11 @@ def benchmark(
             row.update({k: v for k, v in s.items() if k in ROW_FIELDS})
             if row["compile_s"] == 0.0:  # compiled with warm=False: compiling happened in the first calls
                 row["compile_s"] = s["first_call_s"]
+        if config.traffic_repeats and test is not None:
+            traffic = list(test.texts[: config.traffic_limit])
+            bar.start("real traffic", 1 + config.traffic_repeats)
+            for row, s in zip(rows, _traffic(loaded, config, traffic, tick=lambda *_: bar.advance())):
+                row.update(s)
 
         ref_i = names.index(reference)
         ref_m = loaded[ref_i]
@@ -562,6 +646,9 @@ def benchmark(
         for i, row in enumerate(rows):
             if preds[i] is not None and preds[ref_i] is not None and len(preds[i]) == len(preds[ref_i]):
                 row["agreement"] = float(np.mean(np.asarray(preds[i]) == np.asarray(preds[ref_i])))
+        if config.bootstrap and test is not None:
+            _accuracy_intervals(rows, loaded, preds, test.head(config.eval_limit) if config.eval_limit else test,
+                                ref_i, config)
 
         if config.memory:  # one fresh process per model; they run side by side (RSS is per process)
             from concurrent.futures import ThreadPoolExecutor
@@ -577,6 +664,7 @@ def benchmark(
                         row.update(peak_rss_mb=mem["peak_rss_mb"], model_rss_mb=mem["model_rss_mb"])
                     bar.advance()
         _ratios(rows, ref_i)
+        _traffic_ratios(rows, ref_i)
     finally:
         bar.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -608,6 +696,35 @@ def _ratios(rows: list[dict], ref_i: int) -> None:
         r["size_ratio"] = ratio(r["artifact_bytes"], ref["artifact_bytes"])
         if r["accuracy"] is not None and ref["accuracy"] is not None:
             r["accuracy_delta_pts"] = 100.0 * (r["accuracy"] - ref["accuracy"])
+
+
+def _traffic_ratios(rows: list[dict], ref_i: int) -> None:
+    ref = rows[ref_i].get("traffic_texts_s")
+    for r in rows:
+        r["traffic_ratio"] = r["traffic_texts_s"] / ref if r.get("traffic_texts_s") is not None and ref else None
+
+
+def _correct(model: LeanModel, ds: Any, preds: Sequence[int]) -> np.ndarray:
+    """1.0 where a prediction (mapped to the dataset's label ids) is right, else 0.0."""
+    from leanlm.bench.evaluate import _label_map
+
+    mapping = _label_map(model, ds.label_names)
+    mapped = [mapping[p] for p in preds] if mapping is not None else list(preds)
+    return (np.asarray(mapped) == np.asarray(ds.labels)).astype(np.float64)
+
+
+def _accuracy_intervals(rows: list[dict], models: Sequence[LeanModel], preds: Sequence[list[int] | None], ds: Any,
+                        ref_i: int, config: BenchConfig) -> None:
+    """Paired-bootstrap interval of every accuracy delta versus the reference (same examples, same seed)."""
+    from leanlm.bench.stats import paired_bootstrap
+
+    if preds[ref_i] is None:
+        return
+    ref = _correct(models[ref_i], ds, preds[ref_i])
+    for row, m, p in zip(rows, models, preds):
+        if p is not None and len(p) == len(ref):
+            ci = paired_bootstrap(ref, _correct(m, ds, p), config.bootstrap, seed=config.bootstrap_seed)
+            row.update(accuracy_delta_low=ci.low, accuracy_delta_high=ci.high)
 
 
 class _Progress:

@@ -159,3 +159,81 @@ def test_benchmark_causal_lm_quality(tiny_lm):
     assert a["kl_divergence"] == pytest.approx(0.0, abs=1e-6) and a["agreement"] == 1.0
     assert b["kl_divergence"] > 0 and math.isfinite(b["perplexity"]) and b["perplexity"] > 1
     assert a["accuracy"] is None and b["throughput_ratio"] > 0
+
+
+# ----------------------------------------------------------------------------- protocol: rotation, real traffic, intervals
+
+def test_rounds_rotate_the_model_order():
+    from leanlm.bench.measure import rotated
+
+    orders = [rotated(3, r) for r in range(4)]
+    assert orders == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]] and rotated(1, 5) == [0]
+    assert {o[0] for o in orders} == {0, 1, 2}  # every model takes every position, first included
+    calls = [i for o in orders for i in o]
+    assert {calls[k - 1] for k in range(1, len(calls)) if calls[k] == 1} == {0, 2}  # not always after the same one
+
+
+def test_speed_rounds_are_rotated(tiny_clf, monkeypatch):
+    import leanlm.bench.measure as measure
+
+    calls: list[int] = []
+    models = [tiny_clf.clone() for _ in range(3)]
+    for k, m in enumerate(models):
+        m.tag = k
+    real = measure._time_call
+    monkeypatch.setattr(measure, "_time_call", lambda m, b: calls.append(m.tag) or real(m, b))
+    measure._speed(models, BenchConfig(**FAST | dict(warmup=0, repeats=3, throughput_repeats=1)), TEXTS)
+    timed = calls[6:]  # after the first calls (latency + throughput per model)
+    assert timed[:9] == [0, 1, 2, 1, 2, 0, 2, 0, 1] and timed[9:] == [0, 1, 2]
+
+
+def test_traffic_batches_pad_per_batch(tiny_clf):
+    from leanlm.bench.measure import traffic_batches
+
+    texts = TEXTS[:5] + ["short", "tiny"]
+    batches = traffic_batches(tiny_clf, texts, 3, 32)
+    assert [b["input_ids"].shape[0] for b in batches] == [3, 3, 1]
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths[2] < widths[0] <= 32 and len(set(widths)) > 1  # each padded to its own longest text
+    assert all(b["attention_mask"][:, -1].any() for b in batches)  # no all-padding column at the end
+
+
+@pytest.fixture(scope="module")
+def traffic_result(tiny_clf):
+    data = TextDataset(TEXTS * 3, [1, 0, 1, 0, 1, 0] * 3, ["negative", "positive"], "hand")
+    other = tiny_clf.clone()
+    with torch.no_grad():
+        other.module.classifier.weight.mul_(-1)  # flips most predictions: a clearly worse model
+    cfg = BenchConfig(**FAST, memory=False, traffic_repeats=2, traffic_batch=4, traffic_limit=14, bootstrap=500)
+    return benchmark({"ref": tiny_clf, "other": other}, data=data, config=cfg, progress=False)
+
+
+def test_real_traffic_rows(traffic_result):
+    for r in traffic_result.rows:
+        assert r["traffic_texts"] == 14
+        for k in ("traffic_texts_s", "traffic_batch_ms_p50", "traffic_batch_ms_p99", "traffic_ratio"):
+            assert math.isfinite(r[k]) and r[k] > 0, (r["name"], k)
+        assert r["traffic_batch_ms_p99"] >= r["traffic_batch_ms_p50"]
+    assert traffic_result.row("ref")["traffic_ratio"] == 1.0
+    assert traffic_result.config["traffic_repeats"] == 2
+
+
+def test_accuracy_delta_interval(traffic_result):
+    ref, other = traffic_result.row("ref"), traffic_result.row("other")
+    assert ref["accuracy_delta_low"] == ref["accuracy_delta_high"] == 0.0
+    d = other["accuracy_delta_pts"]
+    assert other["accuracy_delta_low"] <= d <= other["accuracy_delta_high"]
+    assert other["accuracy_delta_low"] < other["accuracy_delta_high"] or other["agreement"] == 1.0
+
+
+def test_protocol_defaults_are_backward_compatible(two_model_result):
+    r = two_model_result.row("int8")
+    assert r["traffic_texts_s"] is None and r["traffic_ratio"] is None  # real-traffic mode is opt-in
+    assert r["accuracy_delta_low"] <= r["accuracy_delta_pts"] <= r["accuracy_delta_high"]
+
+
+@pytest.mark.parametrize("bad", [dict(traffic_repeats=-1), dict(traffic_batch=0), dict(traffic_limit=0),
+                                 dict(bootstrap=1.5), dict(bootstrap_seed=-1)])
+def test_protocol_config_rejects_bad_values(bad):
+    with pytest.raises(ConfigError):
+        BenchConfig(**bad)
