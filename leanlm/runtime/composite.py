@@ -236,11 +236,18 @@ def _mean_probs(logits: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _vote(logits: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    # one-hot predictions (M, B, C), weighted -> vote shares (B, C); the mean probability breaks ties
-    votes = (torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float() * w).sum(0)
-    mean = (torch.softmax(logits, -1) * w).sum(0)
-    score = votes + 1e-6 * mean
-    return (score / score.sum(-1, keepdim=True)).log()
+    # weighted one-hot predictions (M, B, C) -> vote shares (B, C), in float64 so that the mean
+    # probability can break ties without ever outweighing a real vote difference
+    w = w.double()
+    votes = (torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).double() * w).sum(0)
+    mean = (torch.softmax(logits.double(), -1) * w).sum(0)
+    winner = (votes + 1e-9 * mean).argmax(-1)
+    out = votes.float().clamp_min(1e-12).log()
+    rows = torch.arange(out.shape[0])
+    top = out[rows, winner]
+    tied = (out == top[:, None]).sum(-1) > 1  # equal shares: lift the winner one float step
+    out[rows, winner] = torch.where(tied, torch.nextafter(top, torch.full_like(top, float("inf"))), top)
+    return out
 
 
 _COMBINE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"mean": _mean_probs, "vote": _vote}
