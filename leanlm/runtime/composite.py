@@ -174,8 +174,9 @@ class CompositeRunner:
         return {"kind": self.kind, "members": self.refs, **self.params()}
 
     def artifact_bytes(self) -> int:
-        """Weights on disk of all members (a composite directory holds none of its own)."""
-        return sum(directory_size(m.path) for m in self.members if m.path is not None)
+        """Weights on disk of all members (a composite directory holds none of its own; nested ones recurse)."""
+        return sum(m.runner.artifact_bytes() if isinstance(m.runner, CompositeRunner) else directory_size(m.path)
+                   for m in self.members if m.path is not None)
 
     def __call__(self, **batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
