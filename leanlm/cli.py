@@ -31,6 +31,7 @@ _COMMAND_MODULES = [
     "leanlm.compress.quantize.cli",
     "leanlm.compress.prune.cli",
     "leanlm.compress.lowrank_cli",
+    "leanlm.compress.composite_cli",
     "leanlm.bench.cli",
     "leanlm.generate.cli",
     "leanlm.demo",

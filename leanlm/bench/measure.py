@@ -380,7 +380,7 @@ def _tensor_bytes(t: torch.Tensor, seen: set) -> int:
 def weight_stats(model: LeanModel) -> tuple[int | None, int | None]:
     """(weight bytes in memory, parameter count) of a PyTorch module; (None, None) for other backends."""
     if not isinstance(model.module, torch.nn.Module):
-        return None, None
+        return _composite_weight_stats(model)
     seen: set = set()
     nbytes = sum(_tensor_bytes(t, seen) for t in model.module.state_dict().values() if isinstance(t, torch.Tensor))
     params = sum(p.numel() for p in dict(model.module.named_parameters()).values())
@@ -402,6 +402,7 @@ ROW_FIELDS = (
     "traffic_ratio", "accuracy_delta_low", "accuracy_delta_high",
     "notes",
 )
+ROW_FIELDS += ("escalated",)  # composite cascades: share of inputs sent on to the larger model
 # agreement: classifiers, share of identical predictions; causal LMs, top-1 next-token agreement.
 # Ratios are always (this model) / (reference model), measured in the same run:
 # throughput_ratio > 1 and latency_ratio < 1 mean faster; size_ratio < 1 means smaller.
@@ -599,11 +600,12 @@ def benchmark(
                 "runtime": rt, "techniques": [t.get("type") for t in m.record.techniques],
                 "seq_len": config.seq_len, "latency_batch": config.latency_batch,
                 "throughput_batch": config.throughput_batch, "threads": threads, "compile_s": compile_s,
-                "artifact_bytes": directory_size(d), "weight_bytes": wbytes, "params": params, "notes": []})
+                "artifact_bytes": _artifact_bytes(m, d), "weight_bytes": wbytes, "params": params, "notes": []})
             if compile_s is not None and m.runner.threads != threads:
                 rows[-1]["notes"].append(f"compiled for {m.runner.threads} threads, run with {threads}")
 
         texts = bench_texts(test, n=max(64, config.throughput_batch))
+        _reset_counters(loaded)
         bar.start("timing", len(loaded) + config.repeats + config.throughput_repeats)
         for row, s in zip(rows, _speed(loaded, config, texts, tick=lambda *_: bar.advance())):
             row.update({k: v for k, v in s.items() if k in ROW_FIELDS})
@@ -617,6 +619,8 @@ def benchmark(
 
         ref_i = names.index(reference)
         ref_m = loaded[ref_i]
+        if test is not None:  # count cascade escalations on the test split: the realistic input mix
+            _reset_counters(loaded)
         bar.start("quality", len(loaded))
         preds: list[list[int] | None] = [None] * len(loaded)
         for i, (row, m) in enumerate(zip(rows, loaded)):
@@ -643,6 +647,7 @@ def benchmark(
                 except LeanlmError as e:
                     row["notes"].append(f"lm quality: {e}")
             bar.advance()
+        _read_counters(rows, loaded)
         for i, row in enumerate(rows):
             if preds[i] is not None and preds[ref_i] is not None and len(preds[i]) == len(preds[ref_i]):
                 row["agreement"] = float(np.mean(np.asarray(preds[i]) == np.asarray(preds[ref_i])))
@@ -682,6 +687,34 @@ def benchmark(
     return BenchResult(rows=rows, machine=machine, config=config.to_dict() | {"threads": threads},
                        reference=reference, data=data_info, notes=notes,
                        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+
+# ----------------------------------------------------------------------------- composite models
+# Ensembles and cascades (leanlm.runtime.composite) hold no weights themselves: their runner knows
+# the members; a cascade's runner also counts the inputs it escalates.
+
+def _composite_weight_stats(model: LeanModel) -> tuple[int | None, int | None]:
+    stats = [weight_stats(m) for m in getattr(model.runner, "members", None) or ()]
+    if not stats or any(b is None for b, _ in stats):
+        return None, None
+    return sum(b for b, _ in stats), sum(p for _, p in stats)
+
+
+def _artifact_bytes(model: LeanModel, directory: Path) -> int:
+    members = getattr(model.runner, "artifact_bytes", None)
+    return members() if callable(members) else directory_size(directory)
+
+
+def _reset_counters(models: Sequence[LeanModel]) -> None:
+    for m in models:
+        if callable(getattr(m.runner, "reset_stats", None)):
+            m.runner.reset_stats()
+
+
+def _read_counters(rows: list[dict], models: Sequence[LeanModel]) -> None:
+    for row, m in zip(rows, models):
+        if callable(getattr(m.runner, "stats", None)):
+            row["escalated"] = m.runner.stats().get("escalated_share")
 
 
 def _ratios(rows: list[dict], ref_i: int) -> None:

@@ -29,6 +29,7 @@ _MODULES = {
     "torch": "leanlm.runtime.torch_eager",
     "onnxruntime": "leanlm.runtime.onnxruntime",
     "openvino": "leanlm.runtime.openvino",
+    "composite": "leanlm.runtime.composite",
 }
 
 
