@@ -5,7 +5,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from leanlm.artifact import RECORD_FILE, TASKS, LeanModel, Record, load_dir
 from leanlm.errors import ArtifactError, LeanlmError, did_you_mean
@@ -30,6 +30,17 @@ def quiet_transformers() -> Iterator[None]:
         tl.set_verbosity(level)
         if bars:
             tl.enable_progress_bar()
+
+
+def auto_class(task: str) -> Any:
+    """The transformers Auto class for a task (shared by loading here and the torch backend)."""
+    import transformers
+
+    return {
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "feature-extraction": transformers.AutoModel,
+        "causal-lm": transformers.AutoModelForCausalLM,
+    }[task]
 
 
 def infer_task(architectures: Sequence[str] | None) -> str:
@@ -97,8 +108,6 @@ def _load_hf(
     notes: list[str] | None = None,
 ) -> LeanModel:
     from transformers import AutoConfig, AutoTokenizer
-
-    from leanlm.runtime.torch_eager import auto_class
 
     try:
         with quiet_transformers():
