@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -10,6 +11,24 @@ from typing import Any, Iterator, Sequence
 from leanlm.artifact import RECORD_FILE, TASKS, LeanModel, Record, load_dir
 from leanlm.errors import ArtifactError, LeanlmError, did_you_mean
 from leanlm.models.registry import BUNDLED
+
+
+class _NoLossProbeWarning(logging.Filter):
+    """Drop transformers' "`loss_type=None` ... Using the default loss: `ForCausalLMLoss`".
+
+    A headless module (BertModel, also the `bert` inside every BertForSequenceClassification) has
+    no loss, so its `loss_function` property warns on mere attribute access; torch.jit.trace
+    (OpenVINO and NNCF conversion) probes every attribute with hasattr, so the warning appeared on
+    every encoder even though no loss is ever computed with it. A real, unrecognized loss_type
+    (not None) still warns.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`loss_type=None` was set in the config but it is unrecognized")
+
+
+# modeling_utils is the logger that emits it; every leanlm load path imports this module first
+logging.getLogger("transformers.modeling_utils").addFilter(_NoLossProbeWarning())
 
 
 @contextlib.contextmanager
