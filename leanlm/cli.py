@@ -32,6 +32,7 @@ _COMMAND_MODULES = [
     "leanlm.compress.prune.cli",
     "leanlm.compress.lowrank_cli",
     "leanlm.compress.composite_cli",
+    "leanlm.compress.recipe_cli",
     "leanlm.bench.cli",
     "leanlm.generate.cli",
     "leanlm.demo",
@@ -111,10 +112,19 @@ for _mod in _COMMAND_MODULES:
             raise
 
 
-def main() -> None:
-    """Entry point: run the app, turning user errors into one line and a non-zero exit."""
+def main(argv: Optional[List[str]] = None) -> None:
+    """Entry point: run the app, turning user errors into one line and a non-zero exit.
+
+    Usage errors (a missing argument, an unknown option) print the command's usage line and a
+    one-line reason, and exit 2, like every other user error.
+    """
+    try:  # typer >= 0.2x vendors click; the app raises that copy's exceptions, not click's
+        from typer._click import exceptions as usage
+    except ImportError:  # pragma: no cover - older typer on the real click
+        from click import exceptions as usage
+
     try:
-        app(standalone_mode=False)
+        app(args=argv, standalone_mode=False)
     except LeanlmError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         sys.exit(2)
@@ -122,13 +132,17 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except usage.NoArgsIsHelpError as e:
+        e.show()  # `leanlm` alone: the help (rich help is already printed), as click would
+        sys.exit(2)
+    except usage.ClickException as e:
+        ctx = getattr(e, "ctx", None)
+        if ctx is not None:
+            typer.echo(ctx.get_usage(), err=True)
+        reason = " ".join(e.format_message().split())  # one line, however click wrapped it
+        hint = " (see --help)" if isinstance(e, usage.UsageError) else ""
+        typer.secho(f"error: {reason}{hint}", fg=typer.colors.RED, err=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

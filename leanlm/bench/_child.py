@@ -75,8 +75,7 @@ def _preimport(directory: str, record: object) -> None:
     try:
         from transformers import AutoConfig, AutoTokenizer
 
-        from leanlm.models.loading import quiet_transformers
-        from leanlm.runtime.torch_eager import auto_class
+        from leanlm.models.loading import auto_class, quiet_transformers
 
         with quiet_transformers():
             AutoTokenizer.from_pretrained(directory)
@@ -98,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers  # noqa: F401  (libraries count in the baseline: every model pays for them)
 
     from leanlm.artifact import load_dir, read_record
-    from leanlm.bench.measure import SENTENCES, fixed_batch, set_threads
+    from leanlm.bench.measure import fixed_batch, set_threads
+    from leanlm.runtime.sentences import SENTENCES
     set_threads(args.threads)
     _preimport(args.directory, read_record(args.directory, verify=False))
     # Baseline: resident memory with every library imported; the peak is measured from here on.

@@ -72,6 +72,93 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+# Where a point's number may go, in points from the marker, tried in this order (deterministic).
+_LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3)
+                  for dx, dy in ((6, 3), (6, -11), (-6, 3), (-6, -11), (0, 8), (0, -16), (12, -4), (-12, -4))]
+
+
+def _place_labels(screen: list[tuple[float, float]], texts: list[str], px_per_pt: float) -> list[tuple[float, float]]:
+    """Offsets (points) for each label so that no two labels, and no label and marker, overlap.
+
+    Greedy, in the given order: each label takes the first free slot of `_LABEL_OFFSETS` around
+    its point, else the slot with the least overlap. Same input, same layout.
+    """
+    boxes: list[tuple[float, float, float, float]] = [(x - 5, y - 5, x + 5, y + 5) for x, y in screen]  # markers
+
+    def overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+        w = min(a[2], b[2]) - max(a[0], b[0])
+        h = min(a[3], b[3]) - max(a[1], b[1])
+        return w * h if w > 0 and h > 0 else 0.0
+
+    placed = []
+    for i, ((x, y), text) in enumerate(zip(screen, texts)):
+        w, h = (5.2 * len(text) + 2) * px_per_pt, 9 * px_per_pt
+        best, best_cost = _LABEL_OFFSETS[0], float("inf")
+        for dx, dy in _LABEL_OFFSETS:
+            x0 = x + dx * px_per_pt - (w if dx < 0 else (w / 2 if dx == 0 else 0))
+            y0 = y + dy * px_per_pt
+            box = (x0, y0, x0 + w, y0 + h)
+            cost = sum(overlap(box, b) for j, b in enumerate(boxes) if j != i)
+            if cost < best_cost:
+                best, best_cost, best_box = (dx, dy), cost, box
+            if cost == 0:
+                break
+        boxes.append(best_box)
+        placed.append(best)
+    return placed
+
+
+def _quality_plot(plt: Any, result: BenchResult) -> Any:
+    """Quality vs latency: points numbered on the plot, names in a key beside it.
+
+    Names written next to the points ran into each other when models measure alike (20 rows of
+    one model family often do); numbers are short and are placed so they do not overlap.
+    """
+    rows = result.rows
+    key, label, scale, up = _quality_axis(rows)
+    pts = [(r["latency_ms_p50"], r[key] * scale, r["name"]) for r in rows
+           if r.get("latency_ms_p50") is not None and r.get(key) is not None]
+    n = len(pts)
+    fig = plt.figure(figsize=(11.5, max(4.2, 1.2 + 0.24 * n)))
+    grid = fig.add_gridspec(1, 2, width_ratios=(3, 2), wspace=0.05)
+    ax, side = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    colors = plt.get_cmap("tab10").colors  # dark enough for text; numbers, not colours, identify points
+    for i, (x, y, name) in enumerate(pts):
+        ref = name == result.reference
+        ax.scatter([x], [y], s=60 if ref else 40, zorder=3, color="#000000" if ref else colors[i % 10],
+                   marker="s" if ref else "o")
+    ax.set_xlabel(f"latency p50 (ms, batch {rows[0].get('latency_batch')} × {rows[0].get('seq_len')} tokens)")
+    ax.set_ylabel(label)
+    ax.set_xlim(0, max([x for x, _, _ in pts] or [1]) * 1.25)  # from zero: distances read as ratios
+    ys = [y for _, y, _ in pts] or [0.0, 1.0]
+    pad = (max(ys) - min(ys)) * 0.15 or abs(max(ys)) * 0.05 or 1.0
+    ax.set_ylim(min(ys) - pad, max(ys) + pad)
+    ax.set_title(f"{label.split(' (')[0]} vs latency ({'up' if up else 'down'} and left is better)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.canvas.draw()  # fixes the axes transform, so label boxes can be laid out in pixels
+    screen = [tuple(ax.transData.transform((x, y))) for x, y, _ in pts]
+    numbers = [str(i + 1) for i in range(n)]
+    for (x, y, _), text, (dx, dy) in zip(pts, numbers, _place_labels(screen, numbers, fig.dpi / 72)):
+        far = abs(dx) > 12 or abs(dy) > 17
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8, fontweight="bold",
+                    ha="right" if dx < 0 else ("center" if dx == 0 else "left"), va="bottom",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="#888888") if far else None)
+    # the key: number, name, quality, latency; one line per point, in the table's order
+    side.axis("off")
+    side.set_xlim(0, 1)
+    side.set_ylim(0, 1)
+    line = min(0.9 / max(n, 1), 0.07)
+    qfmt = ".2f" if scale == 100.0 else ".4g"
+    side.text(0.0, 0.98, f"{'#':>3}  {'model':<34} {label.split(' (')[0][:9]:>9} {'ms':>7}", family="monospace",
+              fontsize=8, fontweight="bold", va="top")
+    for i, (x, y, name) in enumerate(pts):
+        ref = " (ref)" if name == result.reference else ""
+        shown = name + ref if len(name + ref) <= 34 else name[: 33 - len(ref)] + "…" + ref
+        side.text(0.0, 0.98 - line * (i + 1), f"{i + 1:>3}  {shown:<34} {y:>9{qfmt}} {x:>7.2f}",
+                  family="monospace", fontsize=8, va="top", color="#000000" if ref else colors[i % 10])
+    return fig
+
+
 def plots(result: BenchResult) -> dict[str, bytes]:
     """{"quality_vs_latency.png": ..., "throughput.png": ...} rendered with matplotlib (Agg)."""
     import matplotlib
@@ -81,18 +168,7 @@ def plots(result: BenchResult) -> dict[str, bytes]:
 
     rows = result.rows
     out: dict[str, bytes] = {}
-    key, label, scale, up = _quality_axis(rows)
-    pts = [(r["latency_ms_p50"], r[key] * scale, r["name"]) for r in rows
-           if r.get("latency_ms_p50") is not None and r.get(key) is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for x, y, name in pts:
-        ax.scatter([x], [y], s=60, zorder=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlabel(f"latency p50 (ms, batch {rows[0].get('latency_batch')} × {rows[0].get('seq_len')} tokens)")
-    ax.set_ylabel(label)
-    ax.set_xlim(0, max([x for x, _, _ in pts] or [1]) * 1.25)  # from zero: distances read as ratios
-    ax.set_title(f"{label.split(' (')[0]} vs latency ({'up' if up else 'down'} and left is better)")
-    ax.grid(alpha=0.3)
+    fig = _quality_plot(plt, result)
     out["quality_vs_latency.png"] = _png(fig)
     plt.close(fig)
 

@@ -2,14 +2,33 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from leanlm.artifact import RECORD_FILE, TASKS, LeanModel, Record, load_dir
 from leanlm.errors import ArtifactError, LeanlmError, did_you_mean
 from leanlm.models.registry import BUNDLED
+
+
+class _NoLossProbeWarning(logging.Filter):
+    """Drop transformers' "`loss_type=None` ... Using the default loss: `ForCausalLMLoss`".
+
+    A headless module (BertModel, also the `bert` inside every BertForSequenceClassification) has
+    no loss, so its `loss_function` property warns on mere attribute access; torch.jit.trace
+    (OpenVINO and NNCF conversion) probes every attribute with hasattr, so the warning appeared on
+    every encoder even though no loss is ever computed with it. A real, unrecognized loss_type
+    (not None) still warns.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`loss_type=None` was set in the config but it is unrecognized")
+
+
+# modeling_utils is the logger that emits it; every leanlm load path imports this module first
+logging.getLogger("transformers.modeling_utils").addFilter(_NoLossProbeWarning())
 
 
 @contextlib.contextmanager
@@ -30,6 +49,17 @@ def quiet_transformers() -> Iterator[None]:
         tl.set_verbosity(level)
         if bars:
             tl.enable_progress_bar()
+
+
+def auto_class(task: str) -> Any:
+    """The transformers Auto class for a task (shared by loading here and the torch backend)."""
+    import transformers
+
+    return {
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "feature-extraction": transformers.AutoModel,
+        "causal-lm": transformers.AutoModelForCausalLM,
+    }[task]
 
 
 def infer_task(architectures: Sequence[str] | None) -> str:
@@ -97,8 +127,6 @@ def _load_hf(
     notes: list[str] | None = None,
 ) -> LeanModel:
     from transformers import AutoConfig, AutoTokenizer
-
-    from leanlm.runtime.torch_eager import auto_class
 
     try:
         with quiet_transformers():

@@ -17,8 +17,7 @@ def tiny_encoder(task: str = "sequence-classification", labels: Sequence[str] = 
     """A 2-layer BERT with the MiniLM tokenizer (random weights, deterministic per seed)."""
     from transformers import AutoTokenizer, BertConfig
 
-    from leanlm.models.loading import quiet_transformers
-    from leanlm.runtime.torch_eager import auto_class
+    from leanlm.models.loading import auto_class, quiet_transformers
 
     with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(BUNDLED["minilm-l6"].resolve())
@@ -38,8 +37,7 @@ def tiny_decoder(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: in
     """A 2-layer Llama with the SmolLM2 tokenizer and chat template (random weights)."""
     from transformers import AutoTokenizer, LlamaConfig
 
-    from leanlm.models.loading import quiet_transformers
-    from leanlm.runtime.torch_eager import auto_class
+    from leanlm.models.loading import auto_class, quiet_transformers
 
     with quiet_transformers():
         tok = AutoTokenizer.from_pretrained(BUNDLED["smollm2-135m"].resolve())

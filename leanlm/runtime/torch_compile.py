@@ -25,6 +25,7 @@ import torch
 
 from leanlm.artifact import LeanModel, primary_output
 from leanlm.errors import ConfigError, UnsupportedError
+from leanlm.runtime.sentences import SENTENCES
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 DEFAULT_SHAPES = ((1, 128), (32, 128))
@@ -152,8 +153,6 @@ def compile_model(
     compiled = LeanModel(model.module, model.tokenizer, record, runner)
     compiled.path = model.path
     if warm:
-        from leanlm.bench.measure import SENTENCES
-
         t0 = time.perf_counter()
         for b, t in runner.shapes:
             texts = [SENTENCES[i % len(SENTENCES)] for i in range(b)]

@@ -8,12 +8,12 @@ from the config, replays each technique's structural restore hook, then assigns 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from leanlm.artifact import LeanModel, Record, replay_restores
 from leanlm.errors import ArtifactError
+from leanlm.models.loading import auto_class, quiet_transformers
 from leanlm.runtime import register_backend
 from leanlm.shapes import describe, rebuild
 
@@ -30,16 +30,6 @@ def _is_plain(module: torch.nn.Module) -> bool:
         if getattr(m, "_leanlm_custom", False):
             return False
     return True
-
-
-def auto_class(task: str) -> Any:
-    import transformers
-
-    return {
-        "sequence-classification": transformers.AutoModelForSequenceClassification,
-        "feature-extraction": transformers.AutoModel,
-        "causal-lm": transformers.AutoModelForCausalLM,
-    }[task]
 
 
 class TorchBackend:
@@ -66,8 +56,6 @@ class TorchBackend:
 
     def load(self, directory: Path, record: Record, device: str | None = None) -> LeanModel:
         from transformers import AutoConfig, AutoTokenizer
-
-        from leanlm.models.loading import quiet_transformers
 
         cls = auto_class(record.task)
         with quiet_transformers():

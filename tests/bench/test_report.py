@@ -87,3 +87,30 @@ def test_cli_missing_model_is_one_line(tmp_path):
     assert proc.returncode == 2
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and "does not exist" in err[0], proc.stderr
+
+
+def _many_rows(n=20):
+    """A result whose points crowd together, as 20 variants of one model family do."""
+    rows = []
+    for i in range(n):
+        rows.append({"name": f"minilm variant {i:02d} int8-{'nncf' if i % 2 else 'dynamic'}", "runtime": "torch",
+                     "latency_ms_p50": 10.0 + (i % 5) * 0.05 + (i // 10) * 4, "latency_ms_p99": 12.0,
+                     "throughput_seq_s": 100.0 + i, "throughput_ratio": 1 + i / 100,
+                     "accuracy": 0.80 + (i % 4) * 0.0005, "latency_batch": 1, "throughput_batch": 32,
+                     "seq_len": 128})
+    return BenchResult.from_dict({"schema": SCHEMA, "rows": rows, "machine": {}, "config": {},
+                                  "reference": rows[0]["name"]})
+
+
+def test_crowded_plot_numbers_points_with_a_key(tmp_path):
+    from leanlm.bench.report import _LABEL_OFFSETS, _place_labels, plots
+
+    result = _many_rows(20)
+    paths = write_report(result, tmp_path / "crowded", title="20 rows")
+    png = paths["quality_vs_latency.png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    # the layout: numbers of points that sit on top of each other get different, free slots
+    screen = [(100.0, 100.0)] * 6 + [(400.0, 300.0)]
+    offsets = _place_labels(screen, [str(i + 1) for i in range(7)], 110 / 72)
+    assert len(set(offsets[:6])) == 6 and offsets[6] == _LABEL_OFFSETS[0]
+    assert _place_labels(screen, [str(i + 1) for i in range(7)], 110 / 72) == offsets  # deterministic
