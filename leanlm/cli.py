@@ -29,6 +29,7 @@ app = typer.Typer(
 _COMMAND_MODULES = [
     "leanlm.train.cli",
     "leanlm.compress.quantize.cli",
+    "leanlm.compress.distill_cli",
     "leanlm.bench.cli",
     "leanlm.generate.cli",
     "leanlm.demo",
