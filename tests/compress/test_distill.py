@@ -268,3 +268,17 @@ def test_cli_end_to_end(teacher, splits, tmp_path):
     assert not (tmp_path / "again").exists()
     unknown = _cli(str(tmp_path / "teacher"), str(tmp_path / "again"), "--temprature", "2", cwd=tmp_path)
     assert unknown.returncode == 2 and "--temperature" in unknown.stderr
+
+
+@pytest.mark.integration
+def test_minilm_l3_student_of_a_classifier_and_of_minilm_l6(teacher, splits, minilm):
+    cfg = DistillConfig(loop=LoopConfig(epochs=1, lr=5e-5, patience=0), batch_size=16, train_size=64, eval_size=32)
+    clf = distill(teacher, "minilm-l3", splits, cfg, progress=False)  # a fresh, seeded head with the teacher's labels
+    assert clf.labels == teacher.labels and clf.module.config.num_hidden_layers == 3
+    assert clf.record.base_model == "minilm-l3" and clf.record.extra["distill"]["student"] == "minilm-l3"
+    from leanlm.bench.evaluate import embedding_fidelity
+
+    before = embedding_fidelity(minilm, leanlm.load("minilm-l3"), splits.test.texts)["mean_cosine"]
+    cfg = DistillConfig(loop=LoopConfig(epochs=1, lr=2e-4, patience=0), batch_size=16, train_size=128, eval_size=32)
+    emb = distill(minilm, "minilm-l3", splits, cfg, progress=False)
+    assert emb.task == "feature-extraction" and emb.record.metrics["test"]["cosine"] > before + 0.05
