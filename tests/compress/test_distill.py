@@ -238,7 +238,9 @@ def test_existing_output_is_refused_before_training(teacher, splits, tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 def _cli(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(leanlm.__file__).resolve().parents[1])}  # this checkout's leanlm
     return subprocess.run([sys.executable, "-m", "leanlm.cli", "distill", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
