@@ -35,6 +35,7 @@ _COMMAND_MODULES = [
     "leanlm.compress.recipe_cli",
     "leanlm.bench.cli",
     "leanlm.generate.cli",
+    "leanlm.serve.cli",
     "leanlm.demo",
 ]
 
