@@ -91,6 +91,10 @@ class Batcher:
         max_wait_ms: how long the first waiting request may wait for company.
         max_queue: most requests waiting (not yet running) before `enqueue` raises QueueFull.
         name: names the worker thread (shows in stack dumps and profilers).
+        tokens_of: `tokens_of(item) -> int`, an item's length in tokens; with `max_batch_tokens`
+            a batch also stops growing before batch size x its longest item passes that budget
+            (what the padded forward pass really costs).
+        max_batch_tokens: the padded-token budget of one call (None: count items only).
         executor: a single-thread executor to run on (batchers of one model share one, so one
             model never runs two batches at once); default: the batcher's own.
 
@@ -100,8 +104,11 @@ class Batcher:
     """
 
     def __init__(self, fn: BatchFn, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = 1024,
-                 name: str = "model", executor: ThreadPoolExecutor | None = None):
+                 name: str = "model", tokens_of: Callable[[Any], int] | None = None,
+                 max_batch_tokens: int | None = None, executor: ThreadPoolExecutor | None = None):
         self.fn, self.max_batch, self.max_wait, self.max_queue = fn, max_batch, max_wait_ms / 1e3, max_queue
+        self.tokens_of = tokens_of
+        self.max_batch_tokens = max_batch_tokens if tokens_of is not None else None
         self.name = name
         self.stats = BatchStats()
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -178,16 +185,20 @@ class Batcher:
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
-        count = 0
+        count = longest = 0
         while self._queue:
             head = self._queue[0]
             if head.future.done():  # cancelled or timed out while waiting: drop it
                 self._queue.popleft()
                 continue
-            if batch and count + len(head.items) > self.max_batch:
+            grown = count + len(head.items)
+            if self.max_batch_tokens:
+                longest = max(longest, *(self.tokens_of(x) for x in head.items))
+            over = grown > self.max_batch or (self.max_batch_tokens and grown * longest > self.max_batch_tokens)
+            if batch and over:
                 break
             batch.append(self._queue.popleft())
-            count += len(head.items)
+            count = grown
             if count >= self.max_batch:
                 break
         return batch

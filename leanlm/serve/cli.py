@@ -51,6 +51,8 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the server to the network)."),
     port: int = typer.Option(8000, help="TCP port."),
     max_batch: int = typer.Option(_D.max_batch, help="Most texts per forward pass (1 = batching off)."),
+    max_batch_tokens: int = typer.Option(_D.max_batch_tokens, help="Most padded tokens (texts x longest) per "
+                                         "forward pass."),
     max_wait_ms: float = typer.Option(_D.max_wait_ms, help="How long a request waits for others to join its batch."),
     max_queue: int = typer.Option(_D.max_queue, help="Waiting requests per model before answering 429."),
     api_key: Optional[str] = typer.Option(None, envvar="LEANLM_API_KEY", help="Require 'Authorization: Bearer KEY' "
@@ -66,7 +68,7 @@ def serve_cmd(
     """Serve models over HTTP: classify, embeddings, completions and chat (OpenAI-compatible), with dynamic batching."""
     from leanlm.errors import ConfigError
 
-    config = ServeConfig(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key,
+    config = ServeConfig(max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key,
                          max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_texts=max_texts,
                          max_new_tokens=max_new_tokens, timeout_s=timeout_s, warmup=warmup)
     named = parse_names(name or [])

@@ -13,6 +13,8 @@ class ServeConfig(BaseConfig):
 
     Args:
         max_batch: most texts per forward pass (1 = dynamic batching off).
+        max_batch_tokens: most padded tokens (texts x longest text) per forward pass, so a few
+            long texts do not share a batch with many short ones at the long ones' cost.
         max_wait_ms: how long the first queued request waits for others to join its batch.
         max_queue: most requests waiting per model and endpoint; past it the server answers 429.
         api_key: when set, /v1/* needs `Authorization: Bearer <api_key>` (/health, /ready, /metrics stay open).
@@ -28,6 +30,7 @@ class ServeConfig(BaseConfig):
     """
 
     max_batch: int = 32
+    max_batch_tokens: int = 16384
     max_wait_ms: float = 5.0
     max_queue: int = 256
     api_key: Optional[str] = None
@@ -39,7 +42,7 @@ class ServeConfig(BaseConfig):
     warmup: bool = True
 
     def validate(self) -> None:
-        for name in ("max_batch", "max_queue", "max_body_bytes", "max_tokens", "max_texts", "max_new_tokens"):
+        for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens", "max_texts", "max_new_tokens"):
             value = getattr(self, name)
             check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                   f"{name} must be an integer >= 1, got {value!r}")

@@ -56,7 +56,11 @@ def _warm(model: Any) -> list[Item]:
     return [("warm up", 4)]
 
 
-@capability("classify", accepts=lambda m: m.task == "sequence-classification", warmup=_warm)
+def _tokens(item: Item) -> int:
+    return item[1]
+
+
+@capability("classify", accepts=lambda m: m.task == "sequence-classification", warmup=_warm, tokens=_tokens)
 def classify_fn(model: Any, config: ServeConfig):
     limit = token_limit(model, config)
     labels = list(model.labels or [])
@@ -74,18 +78,23 @@ def classify_fn(model: Any, config: ServeConfig):
     return run
 
 
+async def run_texts(request: Request, schema: type, capability: str) -> tuple[Any, ServedModel, list, dict]:
+    """Parse a texts request, check it, run it through the model's batcher: (request, model, results, usage)."""
+    reg = request.app.state.registry
+    req = await parse(request, schema, reg.config.max_body_bytes)
+    served = reg.get(req.model, capability)
+    items = encoder_items(served, req.texts, reg.config)
+    results = await reg.dispatch(served, capability, items)
+    tokens = sum(n for _, n in items)
+    return req, served, results, {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
 @router.post("/v1/classify")
 async def classify(request: Request) -> dict[str, Any]:
     """Labels and class probabilities for one text or a list: {"model", "input"}."""
-    reg = request.app.state.registry
-    req = await parse(request, ClassifyRequest, reg.config.max_body_bytes)
-    served = reg.get(req.model, "classify")
-    items = encoder_items(served, req.texts, reg.config)
-    results = await reg.dispatch(served, "classify", items)
-    tokens = sum(n for _, n in items)
+    _, served, results, usage = await run_texts(request, ClassifyRequest, "classify")
     return {"object": "list", "model": served.name,
-            "data": [{"object": "classification", "index": i, **r} for i, r in enumerate(results)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            "data": [{"object": "classification", "index": i, **r} for i, r in enumerate(results)], "usage": usage}
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -95,7 +104,7 @@ def _embeds(model: Any) -> bool:
     return model.task == "feature-extraction" or (model.task == "sequence-classification" and model.backend == "torch")
 
 
-@capability("embed", accepts=_embeds, warmup=_warm)
+@capability("embed", accepts=_embeds, warmup=_warm, tokens=_tokens)
 def embed_fn(model: Any, config: ServeConfig):
     from leanlm.models.embed import embed
 
@@ -110,16 +119,10 @@ def embed_fn(model: Any, config: ServeConfig):
 @router.post("/v1/embeddings")
 async def embeddings(request: Request) -> dict[str, Any]:
     """Sentence embeddings (mean pooling, L2-normalised), OpenAI's request and response shape."""
-    reg = request.app.state.registry
-    req = await parse(request, EmbeddingRequest, reg.config.max_body_bytes)
-    served = reg.get(req.model, "embed")
-    items = encoder_items(served, req.texts, reg.config)
-    vectors = await reg.dispatch(served, "embed", items)
-    tokens = sum(n for _, n in items)
+    req, served, vectors, usage = await run_texts(request, EmbeddingRequest, "embed")
     return {"object": "list", "model": served.name,
             "data": [{"object": "embedding", "index": i, "embedding": _format(v, req.encoding_format)}
-                     for i, v in enumerate(vectors)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+                     for i, v in enumerate(vectors)], "usage": usage}
 
 
 def _format(vector: np.ndarray, encoding: str) -> Any:

@@ -39,6 +39,7 @@ class Capability:
         make: `make(model, config) -> fn(items) -> results`, the blocking batch function.
         batched: False runs one request per call (the decode loop is batch 1).
         warmup: items for one warm-up call, or None to skip.
+        tokens: `tokens(item) -> int`, so batches also respect ServeConfig.max_batch_tokens.
     """
 
     name: str
@@ -46,6 +47,7 @@ class Capability:
     make: Callable[[Any, ServeConfig], BatchFn]
     batched: bool = True
     warmup: Callable[[Any], list[Any]] | None = None
+    tokens: Callable[[Any], int] | None = None
 
 
 CAPABILITIES: dict[str, Capability] = {}
@@ -62,11 +64,12 @@ def load_endpoints() -> None:
 
 
 def capability(name: str, accepts: Callable[[Any], bool], batched: bool = True,
-               warmup: Callable[[Any], list[Any]] | None = None) -> Callable[[Callable], Callable]:
+               warmup: Callable[[Any], list[Any]] | None = None,
+               tokens: Callable[[Any], int] | None = None) -> Callable[[Callable], Callable]:
     """Decorator on a `make(model, config)` function: register it as capability `name`."""
 
     def deco(make: Callable[[Any, ServeConfig], BatchFn]) -> Callable[[Any, ServeConfig], BatchFn]:
-        CAPABILITIES[name] = Capability(name, accepts, make, batched, warmup)
+        CAPABILITIES[name] = Capability(name, accepts, make, batched, warmup, tokens)
         return make
 
     return deco
@@ -100,7 +103,8 @@ class ServedModel:
             c = self.config
             b = Batcher(cap.make(self.model, c), max_batch=c.max_batch if cap.batched else 1,
                         max_wait_ms=c.max_wait_ms if cap.batched else 0.0, max_queue=c.max_queue,
-                        name=f"{self.name}/{capability}", executor=self._executor)
+                        name=f"{self.name}/{capability}", tokens_of=cap.tokens,
+                        max_batch_tokens=c.max_batch_tokens, executor=self._executor)
             self._batchers[capability] = b
         return b
 

@@ -142,3 +142,18 @@ def test_percentiles():
     assert percentiles([]) == {"p50": 0.0, "p99": 0.0, "count": 0}
     p = percentiles(list(range(1, 101)))
     assert p["p50"] == 50 and p["p99"] == 99 and p["count"] == 100
+
+
+def test_token_budget_keeps_long_texts_out_of_big_batches():
+    fn = Recorder()
+
+    async def main():
+        b = Batcher(fn, max_batch=32, max_wait_ms=50, max_queue=100, tokens_of=len, max_batch_tokens=40)
+        # 4-token items: 10 fit in 40 padded tokens; a 30-token item may share with one other at most
+        await asyncio.gather(*(b.submit(["abcd"]) for _ in range(12)), b.submit(["x" * 30]))
+        await b.close()
+
+    run(main())
+    for call in fn.calls:
+        assert len(call) * max(len(x) for x in call) <= 40 or len(call) == 1, call
+    assert sum(len(c) for c in fn.calls) == 13
