@@ -65,12 +65,15 @@ def test_classify(client, sentences):
     assert one["data"][0]["probabilities"] == pytest.approx(body["data"][0]["probabilities"], abs=1e-5)
 
 
-def test_embeddings_float_and_base64(client):
+def test_embeddings_float_and_base64(client, model_dirs):
+    import leanlm
+
     texts = ["a cat sat on the mat", "stocks fell sharply"]
     f = client.post("/v1/embeddings", json={"model": "emb", "input": texts}).json()
     assert f["object"] == "list" and f["model"] == "emb" and len(f["data"]) == 2
     E = np.array([d["embedding"] for d in f["data"]])
     assert E.shape == (2, 64) and np.allclose(np.linalg.norm(E, axis=1), 1, atol=1e-4)
+    assert np.allclose(E, leanlm.embed(leanlm.load(model_dirs["emb"]), texts), atol=1e-5)  # same as offline
     b = client.post("/v1/embeddings", json={"model": "emb", "input": texts, "encoding_format": "base64"}).json()
     B = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in b["data"]])
     assert np.allclose(B, E, atol=1e-6)
@@ -193,17 +196,27 @@ def test_request_id_is_echoed(client):
 
 # ----------------------------------------------------------------------------- batching and load
 
-async def _concurrent(url: str, n: int, body: dict, path: str = "/v1/classify") -> list[httpx.Response]:
+async def _each(url: str, bodies: list[dict], path: str = "/v1/classify") -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
-                                 limits=httpx.Limits(max_connections=n)) as c:
-        return await asyncio.gather(*(c.post(path, json=body) for _ in range(n)))
+                                 limits=httpx.Limits(max_connections=len(bodies))) as c:
+        return await asyncio.gather(*(c.post(path, json=b) for b in bodies))
 
 
-def test_concurrent_requests_are_batched(server, client):
+def test_concurrent_requests_are_batched(server, client, model_dirs, sentences):
+    import torch
+
+    import leanlm
+
     before = client.get("/metrics").json()["models"]["clf"]["classify"]
-    rs = asyncio.run(_concurrent(server.url, 16, {"model": "clf", "input": ["one text", "and another"]}))
+    texts = [[sentences[i % 8], f"request {i} says hello"] for i in range(16)]  # different lengths pad together
+    rs = asyncio.run(_each(server.url, [{"model": "clf", "input": t} for t in texts]))
     assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200]
-    assert all(len(r.json()["data"]) == 2 for r in rs)  # every request gets back exactly its own texts
+    m0 = leanlm.load(model_dirs["clf"])
+    for r, t in zip(rs, texts):  # every request gets back exactly its own texts' answers
+        with torch.inference_mode():
+            offline = torch.softmax(m0(**m0.encode(t)), -1)
+        got = [list(d["probabilities"].values()) for d in r.json()["data"]]
+        assert np.allclose(got, offline.numpy(), atol=1e-4)
     m = client.get("/metrics").json()
     stats = m["models"]["clf"]["classify"]
     assert stats["requests"] - before["requests"] == 16
@@ -214,7 +227,7 @@ def test_concurrent_requests_are_batched(server, client):
 
 def test_full_queue_answers_429_then_recovers(tight_server):
     texts = ["a fairly long sentence about films and the people who watch them"] * 64
-    rs = asyncio.run(_concurrent(tight_server.url, 24, {"input": texts}))
+    rs = asyncio.run(_each(tight_server.url, [{"input": texts}] * 24))
     codes = sorted(r.status_code for r in rs)
     assert set(codes) <= {200, 429} and codes.count(200) >= 1 and codes.count(429) >= 1, codes
     shed = next(r for r in rs if r.status_code == 429)
