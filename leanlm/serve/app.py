@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException
 
 from leanlm.serve.batcher import percentiles
@@ -136,9 +136,15 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         return JSONResponse(body, status_code=200 if registry.ready else 503)
 
     @app.get("/metrics")
-    async def metrics_view() -> dict[str, Any]:
-        """Requests by endpoint and status, latency p50/p99, batch sizes and queue depth per model."""
-        return metrics.snapshot(registry)
+    async def metrics_view(format: str = "json") -> Any:
+        """Requests by endpoint and status, latency p50/p99, batch sizes and queue depth per model
+        (JSON; `?format=prometheus` for Prometheus' text format)."""
+        snap = metrics.snapshot(registry)
+        if format == "prometheus":
+            return PlainTextResponse(prometheus_text(snap), media_type="text/plain; version=0.0.4")
+        if format != "json":
+            raise ApiError(400, f"format must be 'json' or 'prometheus', got {format!r}", param="format")
+        return snap
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -154,6 +160,34 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         return served.info()
 
     return app
+
+
+def prometheus_text(snap: dict[str, Any]) -> str:
+    """A /metrics snapshot in Prometheus' text exposition format (no client library needed)."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        lines.extend([f"# HELP leanlm_{name} {help}", f"# TYPE leanlm_{name} {kind}"])
+        for labels, value in samples:
+            tags = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            lines.append(f"leanlm_{name}{{{tags}}} {value}" if tags else f"leanlm_{name} {value}")
+
+    metric("requests_total", "counter", "HTTP requests by path and status.",
+           [({"path": p, "status": st}, n) for p, by in snap["requests"].items() for st, n in by.items()])
+    metric("request_latency_ms", "summary", "Request latency over the recent window (ms).",
+           [({"path": p, "quantile": q}, lat[k]) for p, lat in snap["latency_ms"].items()
+            for q, k in (("0.5", "p50"), ("0.99", "p99"))])
+    per = [({"model": m, "capability": c}, s) for m, caps in snap["models"].items() for c, s in caps.items()]
+    for name, key, kind, help in (("queue_depth", "queue_depth", "gauge", "Requests waiting for a batch."),
+                                  ("rejected_total", "rejected", "counter", "Requests shed with 429 (queue full)."),
+                                  ("batches_total", "batches", "counter", "Forward passes run."),
+                                  ("batch_items_total", "items", "counter", "Texts or prompts run in batches."),
+                                  ("failed_batches_total", "failed_batches", "counter", "Batches the model failed.")):
+        metric(name, kind, help, [(labels, s[key]) for labels, s in per])
+    metric("batch_size_count", "counter", "Forward passes by batch size.",
+           [({**labels, "size": size}, n) for labels, s in per for size, n in s["batch_size"]["histogram"].items()])
+    metric("uptime_seconds", "gauge", "Seconds since the server started.", [({}, snap["uptime_s"])])
+    return "\n".join(lines) + "\n"
 
 
 def _authorized(request: Request, key: str) -> bool:

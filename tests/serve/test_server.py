@@ -223,6 +223,10 @@ def test_concurrent_requests_are_batched(server, client, model_dirs, sentences):
     assert stats["batches"] - before["batches"] < 16 and stats["batch_size"]["max"] > 2  # > one request's 2 texts
     assert m["latency_ms"]["/v1/classify"]["p99"] >= m["latency_ms"]["/v1/classify"]["p50"] > 0
     assert m["requests"]["/v1/classify"]["200"] >= 16 and m["queue_depth"] == 0
+    text = client.get("/metrics", params={"format": "prometheus"}).text
+    assert '# TYPE leanlm_requests_total counter' in text
+    assert f'leanlm_batches_total{{model="clf",capability="classify"}} {stats["batches"]}' in text
+    assert_error(client.get("/metrics", params={"format": "xml"}), 400)
 
 
 def test_full_queue_answers_429_then_recovers(tight_server):
