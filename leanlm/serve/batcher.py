@@ -115,6 +115,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closed = False
+        self._busy = False  # a batch is on the worker thread
         # one thread per model: model objects (and their tokenizers) are not promised to be
         # thread-safe, and a slow model (a decoder) must never hold up another model's batches
         self._owns_executor = executor is None
@@ -150,7 +151,7 @@ class Batcher:
     async def close(self) -> None:
         """Refuse new requests, let queued and running batches finish, stop the worker thread."""
         self._closed = True
-        while self._queue and self._task is not None and not self._task.done():
+        while (self._queue or self._busy) and self._task is not None and not self._task.done():
             await asyncio.sleep(0.01)
         if self._task is not None:
             self._task.cancel()
@@ -209,6 +210,7 @@ class Batcher:
         for p in batch:
             self.stats.queue_ms.append((now - p.enqueued) * 1e3)
         t0 = time.perf_counter()
+        self._busy = True
         try:
             results = list(await loop.run_in_executor(self._executor, self.fn, items))
             if len(results) != len(items):
@@ -220,6 +222,7 @@ class Batcher:
                     p.future.set_exception(e)
             return
         finally:
+            self._busy = False
             self.stats.run_ms.append((time.perf_counter() - t0) * 1e3)
             self.stats.batches += 1
             self.stats.items += len(items)

@@ -113,7 +113,7 @@ async def completions(request: Request) -> Any:
 
     if req.stream:
         return _stream(reg, served, job, lambda text, finish: {**head, "choices": [choice(text, finish)]})
-    (result,) = await reg.dispatch(served, "generate", [job])
+    result = await _complete(reg, served, job)
     return {**head, "choices": [choice(result.text, FINISH[result.finish_reason])], "usage": _usage(result)}
 
 
@@ -137,10 +137,18 @@ async def chat_completions(request: Request) -> Any:
                  "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}]}
         return _stream(reg, served, job, chunk, first=first)
-    (result,) = await reg.dispatch(served, "generate", [job])
+    result = await _complete(reg, served, job)
     message = {"role": "assistant", "content": result.text}
     return {**head, "choices": [{"index": 0, "message": message, "logprobs": None,
                                  "finish_reason": FINISH[result.finish_reason]}], "usage": _usage(result)}
+
+
+async def _complete(reg: Any, served: ServedModel, job: Job) -> GenerationResult:
+    try:
+        (result,) = await reg.dispatch(served, "generate", [job])
+        return result
+    finally:  # on a timeout nobody waits for the text any more: stop generating it
+        job.cancelled.set()
 
 
 # ----------------------------------------------------------------------------- streaming

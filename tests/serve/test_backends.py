@@ -64,3 +64,22 @@ def test_served_classifier_matches_offline(kind, tiny_clf, tmp_path):
     for i, row in enumerate(together["data"]):
         assert list(row["probabilities"].values()) == pytest.approx(offline[i].tolist(), abs=1e-4)
         assert apart[i]["data"][0]["probabilities"] == pytest.approx(row["probabilities"], abs=1e-4)
+
+
+@pytest.mark.integration
+def test_bundled_minilm_serves_embeddings_like_leanlm_embed():
+    import numpy as np
+
+    import leanlm
+
+    registry = ModelRegistry.load(["minilm-l6"], ServeConfig(warmup=False))  # a bundled name, as on a fresh clone
+    assert registry.names() == ["minilm-l6"]
+
+    async def main():
+        app = create_app(registry)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return (await c.post("/v1/embeddings", json={"input": TEXTS})).json()
+
+    body = asyncio.run(main())
+    E = np.array([d["embedding"] for d in body["data"]])
+    assert E.shape == (2, 384) and np.allclose(E, leanlm.embed(registry.models["minilm-l6"].model, TEXTS), atol=1e-5)
