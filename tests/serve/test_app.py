@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -112,3 +113,20 @@ def test_cli_errors_are_one_line(argv, needle, capsys):
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_a_request_past_its_timeout_gets_504_and_the_server_carries_on():
+    model = tiny_encoder()
+    slow = set(model.tokenizer(" slowly", add_special_tokens=False).input_ids)
+
+    def hook(module, args, kwargs):
+        if slow & set(kwargs["input_ids"].flatten().tolist()):
+            time.sleep(0.6)
+
+    model.module.register_forward_pre_hook(hook, with_kwargs=True)
+    app = create_app(ModelRegistry({"clf": model}, ServeConfig(timeout_s=0.3, warmup=False, max_wait_ms=0)))
+    (late,) = call(app, [("/v1/classify", {"input": "answer me slowly"})])
+    assert late.status_code == 504 and late.json()["error"]["code"] == "timeout"
+    time.sleep(0.6)  # the slow batch still holds the model's thread until it ends
+    (ok,) = call(app, [("/v1/classify", {"input": "answer me now"})])
+    assert ok.status_code == 200

@@ -157,3 +157,16 @@ def test_token_budget_keeps_long_texts_out_of_big_batches():
     for call in fn.calls:
         assert len(call) * max(len(x) for x in call) <= 40 or len(call) == 1, call
     assert sum(len(c) for c in fn.calls) == 13
+
+
+def test_closed_batcher_refuses_new_requests():
+    from leanlm.serve.batcher import Closed
+
+    async def main():
+        b = Batcher(Recorder(), max_batch=4, max_wait_ms=0, max_queue=10)
+        assert await b.submit(["x"]) == ["<x>"]
+        await b.close()
+        with pytest.raises(Closed):
+            b.enqueue(["y"])
+
+    run(main())
