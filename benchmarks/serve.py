@@ -148,7 +148,8 @@ async def open_loop(server: Server, texts: list[str], rate: float, seconds: floa
             await asyncio.sleep(0.5)
 
     tasks = []
-    async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=httpx.Limits(max_connections=max_inflight)) as c:
+    limits = httpx.Limits(max_connections=max_inflight)
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
         sampler = asyncio.create_task(sample_rss())
         t0 = time.perf_counter()
         i = 0
@@ -229,7 +230,8 @@ def main() -> None:
     p.add_argument("--clients", default="1,8,32,128", help="Concurrency levels, comma-separated.")
     p.add_argument("--seconds", type=float, default=10.0, help="Measured seconds per level and server.")
     p.add_argument("--reps", type=int, default=2, help="Alternating on/off repetitions per level.")
-    p.add_argument("--overload", type=float, default=4.0, help="Overload rate as a multiple of the best sustained rate.")
+    p.add_argument("--overload", type=float, default=4.0, help="Overload rate as a multiple of the best sustained "
+                   "rate.")
     p.add_argument("--overload-s", type=float, default=20.0, help="Overload phase length (seconds).")
     p.add_argument("--max-queue", type=int, default=256, help="The servers' --max-queue.")
     p.add_argument("--out", default="runs/bench/serve.json", help="Where to write the JSON results.")

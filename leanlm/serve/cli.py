@@ -1,6 +1,7 @@
 """CLI: `leanlm serve MODEL [MODEL ...]`, an HTTP server over model directories or bundled models."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 from typing import List, Optional
@@ -66,11 +67,10 @@ def serve_cmd(
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
 ) -> None:
     """Serve models over HTTP: classify, embeddings, completions and chat (OpenAI-compatible), with dynamic batching."""
+    options = dict(locals())  # the parameters share the config's field names
+    config = ServeConfig(**{f.name: options[f.name] for f in dataclasses.fields(ServeConfig)})
     from leanlm.errors import ConfigError
 
-    config = ServeConfig(max_batch=max_batch, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms, max_queue=max_queue, api_key=api_key,
-                         max_body_bytes=max_body_bytes, max_tokens=max_tokens, max_texts=max_texts,
-                         max_new_tokens=max_new_tokens, timeout_s=timeout_s, warmup=warmup)
     named = parse_names(name or [])
     if not models and not named:
         raise ConfigError("give at least one model directory or bundled name (or --name NAME=DIR)")

@@ -85,7 +85,8 @@ def make_job(served: ServedModel, prompt: Any, req: Any, max_tokens: int | None,
                                top_p=float(req.top_p), seed=req.seed, stop=req.stops)
         ids = prompt_ids(_Tokenizing(served), prompt, gen)
     except LeanlmError as e:
-        raise ApiError(400, str(e).splitlines()[0], param="messages" if isinstance(prompt, list) else "prompt") from None
+        where = "messages" if isinstance(prompt, list) else "prompt"
+        raise ApiError(400, str(e).splitlines()[0], param=where) from None
     limit = min(config.max_tokens, context_window(served.model) - 1)
     if ids.numel() > limit:
         raise ApiError(400, f"the prompt is {ids.numel()} tokens; this server takes at most {limit}",

@@ -42,7 +42,8 @@ class ServeConfig(BaseConfig):
     warmup: bool = True
 
     def validate(self) -> None:
-        for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens", "max_texts", "max_new_tokens"):
+        for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens", "max_texts",
+                     "max_new_tokens"):
             value = getattr(self, name)
             check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                   f"{name} must be an integer >= 1, got {value!r}")
