@@ -26,8 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,54 +39,16 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from leanlm.serve.batcher import percentiles  # noqa: E402
+from leanlm.serve.process import ServerProcess  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def start_server(model_dir: str, max_batch: int, max_queue: int, log: Path) -> ServerProcess:
+    return ServerProcess([model_dir, "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--no-access-log"],
+                         log=log, ready_s=180)
 
 
-class Server:
-    def __init__(self, model_dir: str, max_batch: int, max_queue: int, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "leanlm.cli", "serve", model_dir, "--port", str(self.port), "--host", "127.0.0.1",
-             "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--no-access-log"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise SystemExit(f"server not ready after 180 s: {log.read_text()[-2000:]}")
-
-    def rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def metrics(self) -> dict[str, Any]:
-        return httpx.get(self.url + "/metrics", timeout=10).json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+def metrics(server: ServerProcess) -> dict[str, Any]:
+    return httpx.get(server.url + "/metrics", timeout=10).json()
 
 
 # ----------------------------------------------------------------------------- load
@@ -119,14 +79,14 @@ async def closed_loop(url: str, texts: list[str], clients: int, seconds: float, 
             **{f"{k}_ms": v for k, v in percentiles(latencies).items() if k != "count"}}
 
 
-async def open_loop(server: Server, texts: list[str], rate: float, seconds: float, max_inflight: int) -> dict[str, Any]:
+async def open_loop(server: ServerProcess, texts: list[str], rate: float, seconds: float, max_inflight: int) -> dict[str, Any]:
     """Fire requests at `rate` per second for `seconds`, whatever the answers; count every outcome."""
     sent: dict[str, int] = {}
     answers: dict[str, int] = {}
     statuses: dict[str, int] = {}
     rss: list[float] = []
     inflight = asyncio.Semaphore(max_inflight)
-    before = server.metrics()["requests"].get("/v1/classify", {})
+    before = metrics(server)["requests"].get("/v1/classify", {})
 
     async def one(c: httpx.AsyncClient, i: int) -> None:
         rid = uuid.uuid4().hex
@@ -162,7 +122,7 @@ async def open_loop(server: Server, texts: list[str], rate: float, seconds: floa
             await asyncio.sleep(0.002)
         await asyncio.gather(*tasks)
         sampler.cancel()
-    after = server.metrics()["requests"].get("/v1/classify", {})
+    after = metrics(server)["requests"].get("/v1/classify", {})
     server_counts = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
     once = set(answers) == set(sent) and all(n == 1 for n in answers.values())
     return {"rate": rate, "seconds": seconds, "sent": len(sent), "statuses": statuses,
@@ -244,8 +204,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="leanlm-serve-bench-"))
     model_dir = build_model(args, tmp)
     texts = load_texts()
-    on = Server(model_dir, 32, args.max_queue, tmp / "on.log")
-    off = Server(model_dir, 1, args.max_queue, tmp / "off.log")
+    on = start_server(model_dir, 32, args.max_queue, tmp / "on.log")
+    off = start_server(model_dir, 1, args.max_queue, tmp / "off.log")
     results: dict[str, Any] = {"model": model_dir, "texts": len(texts), "cpus": os.cpu_count(), "levels": []}
     try:
         for clients in levels:

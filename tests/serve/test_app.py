@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-import torch
 
 from leanlm.models.tiny import tiny_decoder, tiny_encoder
 from leanlm.serve import ModelRegistry, ServeConfig, create_app
