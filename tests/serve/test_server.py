@@ -188,10 +188,13 @@ def test_chunked_oversized_body_is_refused(client):
     assert_error(r, 413, "request_too_large")
 
 
-def test_request_id_is_echoed(client):
+def test_request_id_is_echoed_and_logged_as_json(client, server):
     r = client.get("/v1/models", headers={"x-request-id": "abc-1"})
     assert r.headers["x-request-id"] == "abc-1"
     assert len(client.get("/v1/models").headers["x-request-id"]) == 32
+    lines = [json.loads(l) for l in server.log.read_text().splitlines() if l.startswith("{")]
+    mine = [l for l in lines if l["request_id"] == "abc-1"]
+    assert mine and mine[0]["path"] == "/v1/models" and mine[0]["status"] == 200 and mine[0]["ms"] >= 0
 
 
 # ----------------------------------------------------------------------------- batching and load
