@@ -36,6 +36,7 @@ _COMMAND_MODULES = [
     "leanlm.compress.distill_cli",
     "leanlm.bench.cli",
     "leanlm.generate.cli",
+    "leanlm.serve.cli",
     "leanlm.demo",
 ]
 

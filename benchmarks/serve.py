@@ -1,0 +1,248 @@
+"""Serving benchmark: `leanlm serve` under load on loopback, dynamic batching on versus off, in one run.
+
+Two servers run the same classifier, one with dynamic batching (--max-batch 32) and one without
+(--max-batch 1). For each concurrency (1, 8, 32, 128 closed-loop clients, one text per request,
+real movie-snippet texts) the two are measured alternately, `--reps` times, so every on/off ratio
+compares numbers taken side by side (only the server under test is busy). Then:
+
+- offline: the same model in this process, batch 32 with per-batch padding on the same texts,
+  so "served / offline" says how much of the model's throughput the HTTP path keeps;
+- overload: an open-loop phase at `--overload`x the best sustained rate for `--overload-s`
+  seconds against the batching server (bounded queue): counts 200s and 429s, checks that every
+  request was answered exactly once (each response echoes its request's x-request-id, and the
+  server's /metrics counts match the client's), samples the server's resident memory, and times
+  how long after the burst a request is answered at normal latency again.
+
+Results print as a table and go to `--out` as JSON. Nothing here runs in `make test`.
+
+Usage:
+    python benchmarks/serve.py                             # MiniLM-L6 with a 2-class head (untrained: same cost)
+    python benchmarks/serve.py --model runs/demo/sentiment-fp32
+    python benchmarks/serve.py --quick                     # tiny model, short phases: a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from leanlm.serve.batcher import percentiles  # noqa: E402
+from leanlm.serve.process import ServerProcess  # noqa: E402
+
+
+def start_server(model_dir: str, max_batch: int, max_queue: int, log: Path) -> ServerProcess:
+    return ServerProcess([model_dir, "--max-batch", str(max_batch), "--max-queue", str(max_queue), "--no-access-log"],
+                         log=log, ready_s=180)
+
+
+def metrics(server: ServerProcess) -> dict[str, Any]:
+    return httpx.get(server.url + "/metrics", timeout=10).json()
+
+
+# ----------------------------------------------------------------------------- load
+
+async def closed_loop(url: str, texts: list[str], clients: int, seconds: float, warmup_s: float) -> dict[str, Any]:
+    """`clients` loops, each sending one text, waiting for the answer, sending the next."""
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + warmup_s + seconds
+    measure_from = time.perf_counter() + warmup_s
+    counter = iter(range(10 ** 9))
+
+    async def one(c: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while (now := time.perf_counter()) < stop_at:
+            text = texts[next(counter) % len(texts)]
+            r = await c.post("/v1/classify", json={"input": text})
+            done = time.perf_counter()
+            if now >= measure_from:
+                if r.status_code == 200:
+                    latencies.append((done - now) * 1e3)
+                else:
+                    errors += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=clients)) as c:
+        await asyncio.gather(*(one(c) for _ in range(clients)))
+    return {"clients": clients, "requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
+            **{f"{k}_ms": v for k, v in percentiles(latencies).items() if k != "count"}}
+
+
+async def open_loop(server: ServerProcess, texts: list[str], rate: float, seconds: float, max_inflight: int) -> dict[str, Any]:
+    """Fire requests at `rate` per second for `seconds`, whatever the answers; count every outcome."""
+    sent: dict[str, int] = {}
+    answers: dict[str, int] = {}
+    statuses: dict[str, int] = {}
+    rss: list[float] = []
+    inflight = asyncio.Semaphore(max_inflight)
+    before = metrics(server)["requests"].get("/v1/classify", {})
+
+    async def one(c: httpx.AsyncClient, i: int) -> None:
+        rid = uuid.uuid4().hex
+        sent[rid] = i
+        try:
+            r = await c.post("/v1/classify", json={"input": texts[i % len(texts)]}, headers={"x-request-id": rid})
+            key = str(r.status_code)
+            echoed = r.headers.get("x-request-id")
+            answers[echoed] = answers.get(echoed, 0) + 1
+        except httpx.HTTPError as e:
+            key = type(e).__name__
+        finally:
+            inflight.release()
+        statuses[key] = statuses.get(key, 0) + 1
+
+    async def sample_rss() -> None:
+        while True:
+            rss.append(server.rss_mb())
+            await asyncio.sleep(0.5)
+
+    tasks = []
+    limits = httpx.Limits(max_connections=max_inflight)
+    async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as c:
+        sampler = asyncio.create_task(sample_rss())
+        t0 = time.perf_counter()
+        i = 0
+        while (elapsed := time.perf_counter() - t0) < seconds:
+            due = int(elapsed * rate)
+            while i < due:
+                await inflight.acquire()  # bounded client: past max_inflight the client itself waits
+                tasks.append(asyncio.create_task(one(c, i)))
+                i += 1
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*tasks)
+        sampler.cancel()
+    after = metrics(server)["requests"].get("/v1/classify", {})
+    server_counts = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    once = set(answers) == set(sent) and all(n == 1 for n in answers.values())
+    return {"rate": rate, "seconds": seconds, "sent": len(sent), "statuses": statuses,
+            "server_statuses": {k: v for k, v in server_counts.items() if v},
+            "answered_exactly_once": once and sum(statuses.values()) == len(sent)
+            and all(server_counts.get(k, 0) == v for k, v in statuses.items() if k.isdigit()),
+            "rss_mb_peak": max(rss) if rss else float("nan")}
+
+
+async def recovery(url: str, normal_ms: float, limit_s: float) -> float:
+    """Seconds until a lone request is answered within 3x normal latency again."""
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+        while time.perf_counter() - t0 < limit_s:
+            s = time.perf_counter()
+            r = await c.post("/v1/classify", json={"input": "is the server back?"})
+            if r.status_code == 200 and (time.perf_counter() - s) * 1e3 <= 3 * normal_ms:
+                return time.perf_counter() - t0
+            await asyncio.sleep(0.05)
+    return float("inf")
+
+
+def offline_rps(model_dir: str, texts: list[str], seconds: float) -> float:
+    """The same model in this process: batches of 32 with per-batch padding, texts per second."""
+    import leanlm
+
+    model = leanlm.load(model_dir)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        batch = [texts[(n + k) % len(texts)] for k in range(32)]
+        model(**model.encode(batch))
+        n += 32
+    return n / (time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------- main
+
+def build_model(args: argparse.Namespace, tmp: Path) -> str:
+    if args.model:
+        return args.model
+    if args.quick:
+        from leanlm.models.tiny import tiny_encoder
+
+        return str(tiny_encoder().save(tmp / "tiny-clf"))
+    import leanlm
+
+    return str(leanlm.load("minilm-l6", labels=["negative", "positive"]).save(tmp / "minilm-clf"))
+
+
+def load_texts(n: int = 512) -> list[str]:
+    from leanlm.bench.measure import bench_texts
+
+    try:
+        from leanlm.data import load_splits
+
+        return bench_texts(load_splits("movie-snippets").test, n)
+    except Exception as e:  # offline without the cached dataset: the built-in benchmark sentences
+        print(f"(movie-snippets unavailable: {e}; using the built-in sentences)", file=sys.stderr)
+        return bench_texts(None, n)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="A sequence-classification model directory (default: MiniLM-L6 + 2-class head).")
+    p.add_argument("--clients", default="1,8,32,128", help="Concurrency levels, comma-separated.")
+    p.add_argument("--seconds", type=float, default=10.0, help="Measured seconds per level and server.")
+    p.add_argument("--reps", type=int, default=2, help="Alternating on/off repetitions per level.")
+    p.add_argument("--overload", type=float, default=4.0, help="Overload rate as a multiple of the best sustained "
+                   "rate.")
+    p.add_argument("--overload-s", type=float, default=20.0, help="Overload phase length (seconds).")
+    p.add_argument("--max-queue", type=int, default=256, help="The servers' --max-queue.")
+    p.add_argument("--out", default="runs/bench/serve.json", help="Where to write the JSON results.")
+    p.add_argument("--quick", action="store_true", help="Tiny model and short phases: a smoke run.")
+    args = p.parse_args()
+    if args.quick:
+        args.clients, args.seconds, args.reps, args.overload_s = "1,8,32", 1.5, 1, 3.0
+    levels = [int(x) for x in args.clients.split(",")]
+
+    tmp = Path(tempfile.mkdtemp(prefix="leanlm-serve-bench-"))
+    model_dir = build_model(args, tmp)
+    texts = load_texts()
+    on = start_server(model_dir, 32, args.max_queue, tmp / "on.log")
+    off = start_server(model_dir, 1, args.max_queue, tmp / "off.log")
+    results: dict[str, Any] = {"model": model_dir, "texts": len(texts), "cpus": os.cpu_count(), "levels": []}
+    try:
+        for clients in levels:
+            runs: dict[str, list] = {"on": [], "off": []}
+            for _ in range(args.reps):
+                for name, server in (("on", on), ("off", off)):
+                    runs[name].append(asyncio.run(closed_loop(server.url, texts, clients, args.seconds, 1.0)))
+            row = {"clients": clients, **{name: max(rs, key=lambda r: r["rps"]) for name, rs in runs.items()}}
+            row["ratio_on_off"] = row["on"]["rps"] / max(row["off"]["rps"], 1e-9)
+            results["levels"].append(row)
+            print(f"{clients:4d} clients  batching on {row['on']['rps']:8.1f} req/s p50 {row['on']['p50_ms']:7.1f} "
+                  f"p99 {row['on']['p99_ms']:7.1f} ms | off {row['off']['rps']:8.1f} req/s p50 "
+                  f"{row['off']['p50_ms']:7.1f} p99 {row['off']['p99_ms']:7.1f} ms | on/off {row['ratio_on_off']:.2f}x",
+                  flush=True)
+        off.stop()
+        best = max(results["levels"], key=lambda r: r["on"]["rps"])
+        results["offline_rps"] = offline_rps(model_dir, texts, max(3.0, args.seconds))
+        results["served_over_offline"] = best["on"]["rps"] / results["offline_rps"]
+        print(f"offline batch-32: {results['offline_rps']:.1f} texts/s; served (best) keeps "
+              f"{100 * results['served_over_offline']:.0f}%", flush=True)
+        normal = next(r for r in results["levels"] if r["clients"] == levels[0])["on"]["p50_ms"]
+        rss_before = on.rss_mb()
+        ov = asyncio.run(open_loop(on, texts, args.overload * best["on"]["rps"], args.overload_s, 4096))
+        ov["recovery_s"] = asyncio.run(recovery(on.url, normal, 30.0))
+        ov["rss_mb_before"] = rss_before
+        results["overload"] = ov
+        print(f"overload {args.overload:g}x ({ov['rate']:.0f} req/s for {ov['seconds']:g} s): {ov['statuses']}; "
+              f"answered exactly once: {ov['answered_exactly_once']}; RSS {rss_before:.0f} -> peak "
+              f"{ov['rss_mb_peak']:.0f} MB; recovered in {ov['recovery_s']:.2f} s", flush=True)
+    finally:
+        on.stop()
+        off.stop()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

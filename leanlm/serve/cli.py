@@ -1,0 +1,96 @@
+"""CLI: `leanlm serve MODEL [MODEL ...]`, an HTTP server over model directories or bundled models."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from typing import List, Optional
+
+import typer
+
+from leanlm.serve.config import ServeConfig
+
+_D = ServeConfig()  # option defaults come from the config, so the two never disagree
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)
+
+
+def require_server() -> tuple:
+    """fastapi and uvicorn (the `serve` extra), or a one-line message saying what to install."""
+    try:
+        import fastapi
+        import uvicorn
+    except ImportError as e:
+        from leanlm.errors import UnsupportedError
+
+        raise UnsupportedError(f"leanlm serve needs {e.name}: pip install 'leanlm[serve]'") from None
+    return fastapi, uvicorn
+
+
+def parse_names(pairs: List[str]) -> dict[str, str]:
+    """`NAME=DIR` pairs from --name into {name: dir}."""
+    from leanlm.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, spec = pair.partition("=")
+        if not sep or not name.strip() or not spec.strip():
+            raise ConfigError(f"--name takes NAME=DIR, got {pair!r}")
+        if name in out:
+            raise ConfigError(f"--name {name} is given twice")
+        out[name.strip()] = spec.strip()
+    return out
+
+
+def serve_cmd(
+    models: Optional[List[str]] = typer.Argument(None, help="Model directories or bundled names (served under "
+                                                 "the directory's name)."),
+    name: Optional[List[str]] = typer.Option(None, "--name", help="Serve a model under a chosen name: NAME=DIR "
+                                             "(repeatable)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 exposes the server to the network)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    max_batch: int = typer.Option(_D.max_batch, help="Most texts per forward pass (1 = batching off)."),
+    max_batch_tokens: int = typer.Option(_D.max_batch_tokens, help="Most padded tokens (texts x longest) per "
+                                         "forward pass."),
+    max_wait_ms: float = typer.Option(_D.max_wait_ms, help="How long a request waits for others to join its batch."),
+    max_queue: int = typer.Option(_D.max_queue, help="Waiting requests per model before answering 429."),
+    api_key: Optional[str] = typer.Option(None, envvar="LEANLM_API_KEY", help="Require 'Authorization: Bearer KEY' "
+                                          "on /v1/* (or set LEANLM_API_KEY)."),
+    max_body_bytes: int = typer.Option(_D.max_body_bytes, help="Largest request body (413 above)."),
+    max_tokens: int = typer.Option(_D.max_tokens, help="Most tokens per input text or prompt."),
+    max_texts: int = typer.Option(_D.max_texts, help="Most texts per request."),
+    max_new_tokens: int = typer.Option(_D.max_new_tokens, help="Most tokens one completion may generate."),
+    timeout_s: float = typer.Option(_D.timeout_s, help="Answer 504 after this many seconds."),
+    warmup: bool = typer.Option(_D.warmup, "--warmup/--no-warmup", help="Run one request per model before ready."),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
+) -> None:
+    """Serve models over HTTP: classify, embeddings, completions and chat (OpenAI-compatible), with dynamic batching."""
+    options = dict(locals())  # the parameters share the config's field names
+    config = ServeConfig(**{f.name: options[f.name] for f in dataclasses.fields(ServeConfig)})
+    from leanlm.errors import ConfigError
+
+    named = parse_names(name or [])
+    if not models and not named:
+        raise ConfigError("give at least one model directory or bundled name (or --name NAME=DIR)")
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {port}")
+    _, uvicorn = require_server()
+    from leanlm.serve.app import create_app
+    from leanlm.serve.registry import ModelRegistry
+
+    registry = ModelRegistry.load(models or [], config, named)
+    log = logging.getLogger("leanlm.serve")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO if access_log else logging.WARNING)
+    log.propagate = False
+    typer.echo(f"leanlm serve: {', '.join(registry.names())} on http://{host}:{port} "
+               f"(max_batch={config.max_batch}, max_wait_ms={config.max_wait_ms:g}, max_queue={config.max_queue})",
+               err=True)
+    # uvicorn's SIGTERM handling stops accepting, lets in-flight requests finish, then runs our
+    # shutdown (batchers drain and close)
+    uvicorn.run(create_app(registry), host=host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=int(max(5, config.timeout_s)))

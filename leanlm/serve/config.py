@@ -1,0 +1,55 @@
+"""`ServeConfig`: the server's limits and batching knobs in one frozen, validated dataclass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from leanlm.config import BaseConfig, check
+
+
+@dataclass(frozen=True)
+class ServeConfig(BaseConfig):
+    """How `leanlm serve` batches and protects itself.
+
+    Args:
+        max_batch: most texts per forward pass (1 = dynamic batching off).
+        max_batch_tokens: most padded tokens (texts x longest text) per forward pass, so a few
+            long texts do not share a batch with many short ones at the long ones' cost.
+        max_wait_ms: how long the first queued request waits for others to join its batch.
+        max_queue: most requests waiting per model and endpoint; past it the server answers 429.
+        api_key: when set, /v1/* needs `Authorization: Bearer <api_key>` (/health, /ready, /metrics stay open).
+        max_body_bytes: largest request body accepted (413 above).
+        max_tokens: most tokens in one input text or prompt (capped by the model's context).
+        max_texts: most texts in one request.
+        max_new_tokens: most tokens one completion may generate (a request's max_tokens is checked against it).
+        timeout_s: a request still waiting or running after this long gets 504.
+        warmup: run one tiny request per model before reporting ready.
+
+    Example:
+        >>> app = create_app(ModelRegistry.load(["runs/sentiment"], ServeConfig(max_batch=16, api_key="s3cret")))
+    """
+
+    max_batch: int = 32
+    max_batch_tokens: int = 16384
+    max_wait_ms: float = 5.0
+    max_queue: int = 256
+    api_key: Optional[str] = None
+    max_body_bytes: int = 1_000_000
+    max_tokens: int = 512
+    max_texts: int = 256
+    max_new_tokens: int = 512
+    timeout_s: float = 60.0
+    warmup: bool = True
+
+    def validate(self) -> None:
+        for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens", "max_texts",
+                     "max_new_tokens"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                  f"{name} must be an integer >= 1, got {value!r}")
+        check(isinstance(self.max_wait_ms, (int, float)) and 0 <= self.max_wait_ms <= 10_000,
+              f"max_wait_ms must be in [0, 10000], got {self.max_wait_ms!r}")
+        check(isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0,
+              f"timeout_s must be > 0, got {self.timeout_s!r}")
+        check(self.api_key is None or (isinstance(self.api_key, str) and self.api_key.strip() != ""),
+              "api_key must be a non-empty string when given")
