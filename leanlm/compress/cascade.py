@@ -127,7 +127,7 @@ def _logits(model: LeanModel, texts: list[str], config: CascadeConfig) -> torch.
 
 
 def _correct(model: LeanModel, logits: torch.Tensor, ds: Any) -> np.ndarray:
-    from leanlm.bench.evaluate import _label_map
+    from leanlm.data.metrics import label_map as _label_map
 
     pred = logits.argmax(-1).numpy()
     mapping = _label_map(model, ds.label_names)

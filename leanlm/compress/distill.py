@@ -380,7 +380,7 @@ class _Reference:
 
 
 def _test_metrics(model: LeanModel, reference: _Reference, test: TextDataset) -> dict[str, Any]:
-    from leanlm.bench.evaluate import classification_metrics
+    from leanlm.data.metrics import classification_metrics
 
     if not reference.classifier:
         return {"cosine": reference.score(model), "n": len(test)}
