@@ -41,7 +41,8 @@ def _assert_usage_error(code, err, needle, cmd=None):
         assert "usage" in lines[0].lower(), err
         return
     assert len(lines) == 2 and lines[0].startswith("Usage:"), err
-    assert lines[1].startswith("error: ") and needle in lines[1], err
+    needles = (needle,) if isinstance(needle, str) else needle
+    assert lines[1].startswith("error: ") and any(n in lines[1] for n in needles), err
 
 
 def test_commands_found():
@@ -60,7 +61,10 @@ def test_missing_required_arguments(path, cmd, capsys):
 @pytest.mark.parametrize("path,cmd", COMMANDS, ids=IDS)
 def test_unknown_option(path, cmd, capsys):
     code, err = _run(path + ("--no-such-option-xyz",), capsys)
-    _assert_usage_error(code, err, "--no-such-option-xyz", cmd)
+    # commands that take their method's options (`cascade OUT SMALL LARGE --threshold 0.9`) read an
+    # unknown option only once their arguments are there, so they name the missing argument first
+    own_options = {"allow_extra_args", "ignore_unknown_options"} & set(cmd.context_settings)
+    _assert_usage_error(code, err, ("--no-such-option-xyz", "Missing argument") if own_options else "--no-such-option-xyz", cmd)
 
 
 def test_unknown_command(capsys):
