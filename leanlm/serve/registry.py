@@ -34,7 +34,7 @@ class Capability:
     """One thing a model can be asked over HTTP.
 
     Args:
-        name: "classify", "embed", "generate", ...
+        name: "classify", "embed", "generate", "answer", ...
         accepts: `accepts(model) -> bool`, whether a loaded LeanModel can do it.
         make: `make(model, config) -> fn(items) -> results`, the blocking batch function.
         batched: False runs one request per call (the decode loop is batch 1).
@@ -53,7 +53,7 @@ class Capability:
 CAPABILITIES: dict[str, Capability] = {}
 
 # Each module has `router` (its routes) and registers its capabilities on import.
-ENDPOINT_MODULES = ["leanlm.serve.encoders", "leanlm.serve.completions"]
+ENDPOINT_MODULES = ["leanlm.serve.encoders", "leanlm.serve.completions", "leanlm.serve.qa"]
 
 
 def load_endpoints() -> None:
