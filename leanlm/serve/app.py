@@ -19,6 +19,7 @@ import hmac
 import importlib
 import json
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -125,9 +126,9 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         return response
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers (with its pid, so replicas behind one port can be told apart)."""
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
