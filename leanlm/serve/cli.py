@@ -68,7 +68,8 @@ def serve_cmd(
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
     workers: int = typer.Option(1, help="Worker processes on the one port, each with its own copy of the models."),
 ) -> None:
-    """Serve models over HTTP: classify, embeddings, completions and chat (OpenAI-compatible), with dynamic batching."""
+    """Serve models over HTTP: classify, embeddings, answer, completions and chat (OpenAI-compatible), with dynamic
+    batching and a web page at /."""
     options = dict(locals())  # the parameters share the config's field names
     config = ServeConfig(**{f.name: options[f.name] for f in dataclasses.fields(ServeConfig)})
     from leanlm.errors import ConfigError
