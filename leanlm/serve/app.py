@@ -2,8 +2,9 @@
 
 Every error on /v1/* is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`;
 /health (liveness), /ready (models loaded and warmed), /metrics and the web page at / stay outside
-the API key, as in text-embeddings-inference (the page asks for the key and sends it itself). Each response carries an `x-request-id` (the client's, or a new
-one) and one JSON log line per request goes to the `leanlm.serve` logger.
+the API key, as in text-embeddings-inference (the page asks for the key and sends it itself).
+Each response carries an `x-request-id` (the client's, or a new one) and one JSON log line per
+request goes to the `leanlm.serve` logger.
 
 Example:
     >>> from leanlm.serve import ModelRegistry, ServeConfig, create_app

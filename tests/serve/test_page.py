@@ -13,7 +13,8 @@ from leanlm.serve.process import ServerProcess
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-CONTEXT = "The Normans gave their name to Normandy, a region in France. Their leader Rollo swore fealty to King Charles."
+CONTEXT = ("The Normans gave their name to Normandy, a region in France. "
+           "Their leader Rollo swore fealty to King Charles.")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,9 @@ def _browser():
         pytest.skip("no chromium/chromedriver on PATH (apt-get install -y chromium chromium-driver; .ci/run does)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1100,1250"):
+    # --no-sandbox: CI runs as root, where chromium's sandbox refuses to start
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1100,1250"):
         opts.add_argument(arg)
     return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
 
@@ -89,7 +92,8 @@ def test_the_page_in_a_real_browser(page_server, tmp_path):
 
         # extractive QA: the answer is read off the page and is the highlighted span of the context
         model.select_by_value("qa")
-        assert browser.find_element(By.ID, "question").is_displayed() and not browser.find_element(By.ID, "text").is_displayed()
+        shown = lambda id: browser.find_element(By.ID, id).is_displayed()  # noqa: E731
+        assert shown("question") and shown("context") and not shown("text")
         browser.find_element(By.ID, "question").send_keys("Who was their leader?")
         browser.find_element(By.ID, "context").send_keys(CONTEXT)
         browser.find_element(By.ID, "run").click()
@@ -117,7 +121,7 @@ def test_the_page_in_a_real_browser(page_server, tmp_path):
         browser.find_element(By.ID, "question").clear()
         browser.find_element(By.ID, "question").send_keys("Who was their leader?")
         browser.find_element(By.ID, "run").click()
-        wait.until(lambda b: not b.find_element(By.ID, "error").is_displayed() and b.find_element(By.ID, "run").is_enabled())
+        wait.until(lambda b: not shown("error") and b.find_element(By.ID, "run").is_enabled())
         browser.save_screenshot(str(shots / "page-answer.png"))
     finally:
         browser.quit()
