@@ -33,7 +33,7 @@ from leanlm.errors import ArtifactError
 
 RECORD_FILE = "leanlm.json"
 FORMAT_VERSION = 1
-TASKS = ("sequence-classification", "feature-extraction", "causal-lm")
+TASKS = ("sequence-classification", "feature-extraction", "causal-lm", "question-answering")
 
 
 @dataclass

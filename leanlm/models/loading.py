@@ -59,6 +59,7 @@ def auto_class(task: str) -> Any:
         "sequence-classification": transformers.AutoModelForSequenceClassification,
         "feature-extraction": transformers.AutoModel,
         "causal-lm": transformers.AutoModelForCausalLM,
+        "question-answering": transformers.AutoModelForQuestionAnswering,  # start/end span logits
     }[task]
 
 
@@ -69,6 +70,8 @@ def infer_task(architectures: Sequence[str] | None) -> str:
             return "sequence-classification"
         if arch.endswith("ForCausalLM"):
             return "causal-lm"
+        if arch.endswith("ForQuestionAnswering"):
+            return "question-answering"
     return "feature-extraction"
 
 
@@ -83,7 +86,8 @@ def load(
 
     Args:
         name_or_path: "minilm-l6", "smollm2-135m", a directory, or a Hugging Face hub id.
-        task: "sequence-classification", "feature-extraction" or "causal-lm"; inferred if None.
+        task: "sequence-classification", "feature-extraction", "causal-lm" or "question-answering";
+            inferred if None.
         labels: class names, to add a fresh classification head (fine-tuning).
         device: "cpu", "cuda", ... (default: where the weights load, the CPU).
         verify: check file checksums of leanlm model directories.

@@ -1,7 +1,8 @@
 """HTTP serving: `leanlm serve MODEL_DIR ...` (FastAPI + uvicorn) with dynamic batching.
 
 Endpoints: /v1/classify, /v1/embeddings, /v1/completions, /v1/chat/completions (OpenAI shapes,
-SSE streaming), /v1/models, /health, /ready, /metrics. Needs the `serve` extra (fastapi, uvicorn).
+SSE streaming), /v1/answer (extractive QA), /v1/models, /health, /ready, /metrics, and a web page
+at /. `--workers N` runs N processes on one port. Needs the `serve` extra (fastapi, uvicorn).
 
 Example:
     >>> from leanlm.serve import ModelRegistry, ServeConfig, create_app

@@ -1,9 +1,10 @@
 """The FastAPI application: endpoints from the endpoint modules, errors, auth, metrics, health.
 
 Every error on /v1/* is OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`;
-/health (liveness), /ready (models loaded and warmed) and /metrics stay outside the API key, as
-in text-embeddings-inference. Each response carries an `x-request-id` (the client's, or a new
-one) and one JSON log line per request goes to the `leanlm.serve` logger.
+/health (liveness), /ready (models loaded and warmed), /metrics and the web page at / stay outside
+the API key, as in text-embeddings-inference (the page asks for the key and sends it itself).
+Each response carries an `x-request-id` (the client's, or a new one) and one JSON log line per
+request goes to the `leanlm.serve` logger.
 
 Example:
     >>> from leanlm.serve import ModelRegistry, ServeConfig, create_app
@@ -19,12 +20,15 @@ import hmac
 import importlib
 import json
 import logging
+import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from leanlm.serve.batcher import percentiles
@@ -32,6 +36,8 @@ from leanlm.serve.registry import ENDPOINT_MODULES, ModelRegistry, load_endpoint
 from leanlm.serve.schemas import ApiError, error_body
 
 log = logging.getLogger("leanlm.serve")
+
+STATIC = Path(__file__).with_name("static")  # the web page at /, shipped as package data
 
 
 class Metrics:
@@ -124,10 +130,17 @@ def create_app(registry: ModelRegistry) -> FastAPI:
                                  "path": path, "status": response.status_code, "ms": round(ms, 3)}))
         return response
 
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page: pick a model, classify, find neighbours, answer or stream a completion."""
+        return FileResponse(STATIC / "index.html")
+
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        """Liveness: the process answers (with its pid, so replicas behind one port can be told apart)."""
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get("/ready")
     async def ready() -> JSONResponse:

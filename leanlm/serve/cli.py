@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -65,8 +66,10 @@ def serve_cmd(
     timeout_s: float = typer.Option(_D.timeout_s, help="Answer 504 after this many seconds."),
     warmup: bool = typer.Option(_D.warmup, "--warmup/--no-warmup", help="Run one request per model before ready."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
+    workers: int = typer.Option(1, help="Worker processes on the one port, each with its own copy of the models."),
 ) -> None:
-    """Serve models over HTTP: classify, embeddings, completions and chat (OpenAI-compatible), with dynamic batching."""
+    """Serve models over HTTP: classify, embeddings, answer, completions and chat (OpenAI-compatible), with dynamic
+    batching and a web page at /."""
     options = dict(locals())  # the parameters share the config's field names
     config = ServeConfig(**{f.name: options[f.name] for f in dataclasses.fields(ServeConfig)})
     from leanlm.errors import ConfigError
@@ -76,21 +79,46 @@ def serve_cmd(
         raise ConfigError("give at least one model directory or bundled name (or --name NAME=DIR)")
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be in 1..65535, got {port}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
     _, uvicorn = require_server()
     from leanlm.serve.app import create_app
     from leanlm.serve.registry import ModelRegistry
 
+    log_level = "warning"
+    if workers > 1:
+        # each worker loads its own models (uvicorn spawns them): check the specs here, once, so a
+        # typo is one red line rather than N tracebacks
+        from leanlm.serve.registry import check_specs
+        from leanlm.serve.workers import ENV, FACTORY, spec_json
+
+        names = check_specs(models or [], named)
+        os.environ[ENV] = spec_json(models or [], named, config, access_log)
+        _announce(names, host, port, config, workers)
+        uvicorn.run(FACTORY, factory=True, workers=workers, host=host, port=port, log_level=log_level,
+                    access_log=False, timeout_graceful_shutdown=int(max(5, config.timeout_s)))
+        return
     registry = ModelRegistry.load(models or [], config, named)
-    log = logging.getLogger("leanlm.serve")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO if access_log else logging.WARNING)
-    log.propagate = False
-    typer.echo(f"leanlm serve: {', '.join(registry.names())} on http://{host}:{port} "
-               f"(max_batch={config.max_batch}, max_wait_ms={config.max_wait_ms:g}, max_queue={config.max_queue})",
-               err=True)
+    configure_logging(access_log)
+    _announce(registry.names(), host, port, config, workers)
     # uvicorn's SIGTERM handling stops accepting, lets in-flight requests finish, then runs our
     # shutdown (batchers drain and close)
-    uvicorn.run(create_app(registry), host=host, port=port, log_level="warning", access_log=False,
+    uvicorn.run(create_app(registry), host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=int(max(5, config.timeout_s)))
+
+
+def configure_logging(access_log: bool) -> None:
+    """One JSON line per request on stderr (the `leanlm.serve` logger), or only warnings."""
+    log = logging.getLogger("leanlm.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO if access_log else logging.WARNING)
+    log.propagate = False
+
+
+def _announce(names: List[str], host: str, port: int, config: ServeConfig, workers: int) -> None:
+    typer.echo(f"leanlm serve: {', '.join(names)} on http://{host}:{port} (max_batch={config.max_batch}, "
+               f"max_wait_ms={config.max_wait_ms:g}, max_queue={config.max_queue}"
+               + (f", workers={workers})" if workers > 1 else ")"), err=True)

@@ -34,7 +34,7 @@ class Capability:
     """One thing a model can be asked over HTTP.
 
     Args:
-        name: "classify", "embed", "generate", ...
+        name: "classify", "embed", "generate", "answer", ...
         accepts: `accepts(model) -> bool`, whether a loaded LeanModel can do it.
         make: `make(model, config) -> fn(items) -> results`, the blocking batch function.
         batched: False runs one request per call (the decode loop is batch 1).
@@ -53,7 +53,7 @@ class Capability:
 CAPABILITIES: dict[str, Capability] = {}
 
 # Each module has `router` (its routes) and registers its capabilities on import.
-ENDPOINT_MODULES = ["leanlm.serve.encoders", "leanlm.serve.completions"]
+ENDPOINT_MODULES = ["leanlm.serve.encoders", "leanlm.serve.completions", "leanlm.serve.qa"]
 
 
 def load_endpoints() -> None:
@@ -136,6 +136,27 @@ def model_name(spec: str) -> str:
     return p.resolve().name if p.exists() else spec
 
 
+def _named_specs(specs: Sequence[str], named: dict[str, str] | None) -> list[tuple[str, str]]:
+    pairs = [(model_name(s), s) for s in specs] + list((named or {}).items())
+    names = [n for n, _ in pairs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"two models would be served as {dupes[0]!r}; name them with --name NAME=DIR")
+    return pairs
+
+
+def check_specs(specs: Sequence[str], named: dict[str, str] | None = None) -> list[str]:
+    """The names the models would be served under, checking without loading them (for --workers,
+    where every worker loads its own copy): each must be a path, a bundled name or a hub id."""
+    from leanlm.models.registry import BUNDLED
+
+    pairs = _named_specs(specs, named)
+    for _, spec in pairs:
+        if not Path(spec).expanduser().exists() and spec not in BUNDLED and spec.count("/") != 1:
+            raise ConfigError(f"model {spec!r} is neither a directory nor a bundled name ({', '.join(BUNDLED)})")
+    return [name for name, _ in pairs]
+
+
 class ModelRegistry:
     """The models one server holds, by name.
 
@@ -156,12 +177,7 @@ class ModelRegistry:
         """Load model directories or bundled names; `named` maps explicit names to specs."""
         from leanlm.models.loading import load
 
-        pairs = [(model_name(s), s) for s in specs] + list((named or {}).items())
-        names = [n for n, _ in pairs]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ConfigError(f"two models would be served as {dupes[0]!r}; name them with --name NAME=DIR")
-        return cls({name: load(spec) for name, spec in pairs}, config)
+        return cls({name: load(spec) for name, spec in _named_specs(specs, named)}, config)
 
     def names(self) -> list[str]:
         return list(self.models)
