@@ -122,12 +122,16 @@ def finetune(
         if base.task == "causal-lm":
             raise LeanlmError(f"{model} is a decoder; fine-tuning for classification needs an encoder")
         if base.record.techniques:
-            raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed)")
-        source = base.path or model
-        # the new classification head is random: seed it, so the training seed decides the whole run
-        torch.manual_seed(config.loop.seed)
-        clf = load(source if base.path is None else base.path, task="sequence-classification", labels=labels)
-        clf.record.base_model = base.record.base_model
+            same_head = base.task == "sequence-classification" and list(base.labels or []) == list(labels)
+            if not (config.peft and same_head):
+                raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed; "
+                                  "only --peft trains on a compressed classifier with the same labels)")
+            clf = base  # PEFT on a compressed classifier (QLoRA style): its quantized weights stay frozen
+        else:
+            # the new classification head is random: seed it, so the training seed decides the whole run
+            torch.manual_seed(config.loop.seed)
+            clf = load(base.path or model, task="sequence-classification", labels=labels)
+            clf.record.base_model = base.record.base_model
     if config.threads:
         torch.set_num_threads(config.threads)
     train = splits.train.head(config.train_size) if config.train_size else splits.train
@@ -151,7 +155,7 @@ def finetune(
         grad_hooks=adapter.grad_hooks if adapter else (),
     )
     if adapter is not None:
-        merge_(clf, adapter)
+        merge_(clf, adapter, texts=list(val.texts[:64]))
     test_acc = accuracy(clf, splits.test, max_length=ml)
     clf.record.data = {**splits.describe(), "train_used": len(train), "validation_used": len(val)}
     clf.record.training = {"config": config.to_dict(), "result": result.to_dict()}

@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -233,8 +234,11 @@ def _allocate(step: int, module: torch.nn.Module) -> dict[str, float]:
     return {"adalora/rank_budget": float(sum(adalora_ranks(module).values()))}
 
 
-def merge_(model: LeanModel, adapter: Adapter) -> LeanModel:
-    """Keep the adapter's files, then merge it into the base: `model.module` becomes a plain model."""
+def merge_(model: LeanModel, adapter: Adapter, texts: Sequence[str] = (), max_error: float = 0.05) -> LeanModel:
+    """Keep the adapter's files, then merge it into the base: `model.module` becomes a plain model.
+
+    A quantized base is merged the safe way (`merge_quantized`), checked on `texts`.
+    """
     peft_model = model.module
     if isinstance(adapter.config, AdaLora):
         pattern = peft_model.peft_config[peft_model.active_adapter].rank_pattern
@@ -244,7 +248,12 @@ def merge_(model: LeanModel, adapter: Adapter) -> LeanModel:
     with tempfile.TemporaryDirectory() as tmp:
         peft_model.save_pretrained(tmp)
         adapter.files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
-    model.module = model.runner = peft_model.merge_and_unload()
+    if quantized_linears(peft_model.base_model.model):
+        if not texts:
+            raise ConfigError("merging into a quantized base needs texts for its output-error check")
+        adapter.info["merge"] = merge_quantized(model, peft_model, texts, max_error)
+    else:
+        model.module = model.runner = peft_model.merge_and_unload()
     return model
 
 
@@ -303,60 +312,104 @@ def _requantizers() -> dict[type, Callable[[torch.Tensor, torch.Tensor], torch.T
     return {Int8WeightCPU: int8, Int4WeightCPU: lambda old, w: Int4WeightCPU.from_float(w, old.group_size)}
 
 
-@torch.no_grad()
-def merge_adapter_(model: LeanModel, adapter_dir: str | os.PathLike, texts: Sequence[str],
-                   max_error: float = 0.05, max_length: int = 128) -> dict[str, float]:
-    """Merge a LoRA adapter into `model` in place; a quantized base is dequantized, merged, requantized.
+def quantized_linears(module: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """Linear layers whose weight is a quantized tensor subclass (not a plain float tensor)."""
+    return {n: m for n, m in module.named_modules()
+            if isinstance(m, torch.nn.Linear) and type(m.weight) not in (torch.Tensor, torch.nn.Parameter)}
 
-    The merged-and-requantized model is compared with base + unmerged adapter on `texts`; a
-    relative output error above `max_error` is refused (the model is left unchanged).
+
+def _requantizers() -> dict[str, Callable[[Any, torch.Tensor], torch.Tensor]]:
+    """Weight type name -> (old quantized weight, merged float weight) -> new weight, same method."""
+    from leanlm.compress.quantize._layers import Int4WeightCPU, Int8WeightCPU
+
+    def int8_weight_only(old: Any, w: torch.Tensor) -> torch.Tensor:
+        groups = old.scale.shape[1]
+        return Int8WeightCPU.from_float(w, 0 if groups == 1 else w.shape[1] // groups)
+
+    def torchao_int8(old: Any, w: torch.Tensor) -> torch.Tensor:  # int8-dynamic (torchao Int8Tensor)
+        from torchao.quantization.granularity import PerRow, PerTensor
+
+        if getattr(old, "act_quant_scale", None) is not None or getattr(old, "act_pre_scale", None) is not None:
+            # static activation ranges or SmoothQuant's folded scales were fitted to the old weights
+            raise UnsupportedError("cannot requantize static or SmoothQuant int8 weights after a merge; merge the "
+                                   "adapter into the float model and quantize it again")
+        granularity = PerRow() if list(old.block_size)[0] == 1 else PerTensor()
+        return type(old).from_hp(w, granularity, act_quant_kwargs=old.act_quant_kwargs)
+
+    return {"Int8WeightCPU": int8_weight_only, "Int8Tensor": torchao_int8,
+            "Int4WeightCPU": lambda old, w: Int4WeightCPU.from_float(w, old.group_size)}
+
+
+@torch.no_grad()
+def merge_quantized(model: LeanModel, peft_model: Any, texts: Sequence[str], max_error: float = 0.05,
+                    max_length: int = 128) -> dict[str, float]:
+    """Merge `peft_model`'s adapter into its quantized base: dequantize, merge in float, requantize.
+
+    Merging straight into int8/int4 codes ruins them; merging in float and quantizing again with
+    the same method does not, and the check proves it: the merged model's outputs on `texts` are
+    compared with base + unmerged adapter, and a relative error above `max_error` is refused
+    (`model` is left as it was). On success `model.module` is the merged, requantized model.
+    """
+    from leanlm.compress.quantize._layers import set_weight
+
+    requant = _requantizers()
+    quantized = quantized_linears(peft_model.base_model.model)
+    unknown = sorted({type(m.weight).__name__ for m in quantized.values()} - set(requant))
+    if unknown:
+        raise UnsupportedError(f"cannot requantize {unknown[0]} weights after a merge; merge the adapter into the "
+                               "float model and quantize it again")
+    peft_model.eval()
+    batch = model.encode(list(texts), max_length=max_length)
+    ref = _primary(peft_model(**batch))
+    work = copy.deepcopy(peft_model)  # refusing must leave the model as it was
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    # by hand, not peft's merge: its quantized-layer merge needs the subclass factory of a
+    # transformers TorchAoConfig load, and ours are leanlm's own configs
+    for layer in work.modules():
+        if isinstance(layer, BaseTunerLayer) and type(layer.base_layer.weight).__name__ in requant:
+            old = layer.base_layer.weight
+            w = old.dequantize().float()
+            for name in layer.active_adapters:
+                w = w + layer.get_delta_weight(name).float()
+            set_weight(layer.base_layer, requant[type(old).__name__](old, w.to(old.dtype)))
+    merged = work.unload()  # drop the adapter layers; their update now lives in the base weights
+    err = float((_primary(merged(**batch)) - ref).norm() / ref.norm().clamp_min(1e-12))
+    if not err <= max_error:
+        raise UnsupportedError(f"merging drifts too far: relative output error {err:.4f} > {max_error}; "
+                               "keep the adapter unmerged or quantize the merged float model instead")
+    model.module = model.runner = merged
+    return {"relative_error": round(err, 6), "layers_requantized": len(quantized)}
+
+
+def merge_adapter_(model: LeanModel, adapter_dir: str | os.PathLike, texts: Sequence[str],
+                   max_error: float = 0.05) -> dict[str, float]:
+    """Merge a saved adapter into `model` in place; a quantized base goes through `merge_quantized`.
 
     Args:
-        model: float or weight-only quantized (int8/int4-weight-only, GPTQ) torch LeanModel.
+        model: a torch LeanModel: float, int8/int4-weight-only or int8-dynamic (torchao) quantized.
         adapter_dir: a folder written by peft's save_pretrained (a fine-tune's `adapter/`).
-        texts: inputs for the output-error check.
+        texts: inputs for the output-error check (quantized bases).
         max_error: largest allowed ||merged - unmerged|| / ||unmerged|| on the primary output.
-
-    Returns {"relative_error": ..., "layers_requantized": ...}.
 
     Example:
         >>> merge_adapter_(int8_model, "runs/lora/adapter", calibration_texts("movie-snippets", 64))
     """
-    from leanlm.compress.quantize._layers import set_weight
-
     peft = require_peft()
     if not (Path(adapter_dir) / "adapter_config.json").exists():
         raise ArtifactError(f"{adapter_dir} is not an adapter folder (no adapter_config.json)")
-    if model.backend != "torch":
+    if model.backend != "torch" or not isinstance(model.module, torch.nn.Module):
         raise UnsupportedError(f"merging an adapter needs a PyTorch model; this one runs on {model.backend}; "
                                "merge into the float model and quantize it again")
-    requant = _requantizers()
-    quantized = {n: m for n, m in model.module.named_modules()
-                 if isinstance(m, torch.nn.Linear) and type(m.weight) not in (torch.Tensor, torch.nn.Parameter)}
-    unknown = sorted({type(m.weight).__name__ for m in quantized.values()} - {t.__name__ for t in requant})
-    if unknown:
-        raise UnsupportedError(f"cannot requantize {unknown[0]} weights after a merge; merge the adapter into the "
-                               "float model and quantize it again")
-    batch = model.encode(list(texts), max_length=max_length)
-    work = model.clone()
-    unmerged = peft.PeftModel.from_pretrained(work.module, str(adapter_dir)).eval()
-    ref = _primary(unmerged(**batch))
-    for name, m in unmerged.base_model.model.named_modules():
-        if name in quantized:  # float for the merge: merging into int8/int4 codes ruins them
-            set_weight(m, m.weight.dequantize())
-    merged = unmerged.merge_and_unload()
-    for name, m in merged.named_modules():
-        if name in quantized:
-            old = quantized[name].weight
-            set_weight(m, requant[type(old)](old, m.weight.detach()))
-    out = _primary(merged(**batch))
-    err = float((out - ref).norm() / ref.norm().clamp_min(1e-12))
-    if not err <= max_error:
-        raise UnsupportedError(f"merging drifts too far: relative output error {err:.4f} > {max_error}; "
-                               "keep the adapter unmerged or use a finer quantization")
-    model.module = model.runner = merged
-    model.record.notes.append(f"adapter {adapter_dir} merged (dequantize, merge, requantize; error {err:.4f})")
-    return {"relative_error": err, "layers_requantized": len(quantized)}
+    # on a copy: peft injects its layers in place, and a refused merge must leave `model` as it was
+    peft_model = peft.PeftModel.from_pretrained(copy.deepcopy(model.module), str(adapter_dir)).eval()
+    if not quantized_linears(peft_model.base_model.model):
+        model.module = model.runner = peft_model.merge_and_unload()
+        return {"relative_error": 0.0, "layers_requantized": 0}
+    info = merge_quantized(model, peft_model, texts, max_error)
+    model.record.notes.append(f"adapter {adapter_dir} merged: dequantized, merged, requantized "
+                              f"(relative output error {info['relative_error']})")
+    return info
 
 
 def _primary(out: Any) -> torch.Tensor:
