@@ -229,7 +229,8 @@ def train_loop(
         hooks: called as hook(step, module) after every optimizer step, after zero_grad.
         grad_hooks: called as hook(step - 1, module) after the optimizer step and BEFORE
             zero_grad, gradients still present (AdaLoRA's update_and_allocate takes this 0-based step).
-        Hooks may return a dict of scalars; they are logged under their own tags.
+        Hooks may return a dict of scalars; they are logged under their own tags. A hook with
+        `state_dict()`/`load_state_dict()` (AdaLoRA's importance scores) is saved in checkpoints.
 
     Example:
         >>> train_loop(lin, lambda e: [{"x": x}], 1, lambda m, b: (m(b["x"]) ** 2).mean(), lambda m: 0.0)
@@ -263,6 +264,7 @@ def train_loop(
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = []
     curves: dict[str, list] = {}
+    stateful = [h for h in (*grad_hooks, *hooks) if hasattr(h, "state_dict") and hasattr(h, "load_state_dict")]
     fp = fingerprint(module, config, steps_per_epoch) if config.checkpoint_dir else None
     saved = load_checkpoint(config.checkpoint_dir, fp) if fp is not None else None
     if saved is not None:
@@ -272,6 +274,8 @@ def train_loop(
         set_rng_state(saved["rng"])
         state = _Progress(**saved["progress"])
         best_state, history, curves = saved["best_state"], saved["history"], saved["curves"]
+        for hook, hook_state in zip(stateful, saved.get("hooks", [])):
+            hook.load_state_dict(hook_state)
     resumed_from = state.step
     log = None
     if config.log_dir and dist.main:
@@ -284,7 +288,8 @@ def train_loop(
             save_checkpoint(config.checkpoint_dir, {
                 "fingerprint": fp, "model": module.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": rng_state(), "progress": vars(state).copy(),
-                "best_state": best_state, "history": history, "curves": log.curves if log else curves})
+                "best_state": best_state, "history": history, "curves": log.curves if log else curves,
+                "hooks": [h.state_dict() for h in stateful]})
         dist.barrier()
 
     def validate(epoch: int) -> None:

@@ -191,7 +191,7 @@ def adapt_(model: LeanModel, config: BaseConfig, total_steps: int) -> Adapter:
                     "total_steps": total_steps, "base_params": full,
                     "trainable_params": sum(p.numel() for n, p in module.named_parameters() if n in names)}
     if isinstance(config, AdaLora):
-        adapter.grad_hooks.append(_allocate)
+        adapter.grad_hooks.append(_Allocate(module))
         adapter.info["initial_ranks"] = adalora_ranks(module)
     return adapter
 
@@ -228,10 +228,26 @@ def adalora_ranks(module: torch.nn.Module) -> dict[str, int]:
     return out
 
 
-def _allocate(step: int, module: torch.nn.Module) -> dict[str, float]:
-    # peft: "call in every training step after loss.backward() and before zero_grad()"
-    module.base_model.update_and_allocate(step)
-    return {"adalora/rank_budget": float(sum(adalora_ranks(module).values()))}
+class _Allocate:
+    """AdaLoRA's rank reallocation as a loop hook; its importance scores travel in checkpoints."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+
+    def __call__(self, step: int, module: torch.nn.Module) -> dict[str, float]:
+        # peft: "call in every training step after loss.backward() and before zero_grad()"
+        module.base_model.update_and_allocate(step)
+        return {"adalora/rank_budget": float(sum(adalora_ranks(module).values()))}
+
+    def state_dict(self) -> dict[str, Any]:
+        alloc = self.module.base_model.rankallocator
+        return {"ipt": alloc.ipt, "exp_avg_ipt": alloc.exp_avg_ipt, "exp_avg_unc": alloc.exp_avg_unc,
+                "rank_pattern": self.module.peft_config[self.module.active_adapter].rank_pattern}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        alloc = self.module.base_model.rankallocator
+        alloc.ipt, alloc.exp_avg_ipt, alloc.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+        self.module.peft_config[self.module.active_adapter].rank_pattern = state["rank_pattern"]
 
 
 def merge_(model: LeanModel, adapter: Adapter, texts: Sequence[str] = (), max_error: float = 0.05) -> LeanModel:

@@ -155,3 +155,31 @@ def test_cli_finetune_lora_and_errors(tiny_emb, tmp_path):
         r = _cli("finetune", tmp_path / "bad", *common, *bad, cwd=tmp_path)
         assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-800:]
         assert not (tmp_path / "bad").exists()
+
+
+def test_adalora_resume_is_exact(tiny_clf, tmp_path):
+    # the checkpoint carries AdaLoRA's importance scores and rank pattern, not only the weights
+    splits = _toy_splits()
+    steps_per_epoch = (len(splits.train) + 7) // 8
+
+    def run(checkpoint_dir=None, kill_at=None):
+        model = tiny_clf.clone()
+        adapter = adapt_(model, AdaLora(init_r=6, target_r=2, tinit=2, tfinal=2), LOOP.epochs * steps_per_epoch)
+
+        def kill(step, module):
+            if step == kill_at:
+                raise KeyboardInterrupt
+
+        cfg = LoopConfig(**{**LOOP.to_dict(), "checkpoint_dir": checkpoint_dir, "checkpoint_every": 3 if checkpoint_dir else 0})
+        train_loop(model.module, lambda e: _batches(model, splits.train, 8, 32, e, True), steps_per_epoch,
+                   lambda m, b: m(**b).loss, lambda m: 0.0, cfg, trainable=adapter.trainable,
+                   grad_hooks=adapter.grad_hooks, hooks=[kill], progress=False)
+        return model
+
+    straight = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(str(tmp_path / "ckpt"), kill_at=7)
+    resumed = run(str(tmp_path / "ckpt"))
+    assert adalora_ranks(resumed.module) == adalora_ranks(straight.module)
+    for (name, a), b in zip(straight.module.state_dict().items(), resumed.module.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
