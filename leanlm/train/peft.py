@@ -97,6 +97,9 @@ class Lora(BaseConfig):
         check(self.alpha > 0, f"lora: alpha must be > 0, got {self.alpha}")
         check(0 <= self.dropout < 1, f"lora: dropout must be in [0, 1), got {self.dropout}")
 
+    def grad_hooks(self, module: Any) -> list:
+        return []
+
 
 @register(FAMILY, "adalora")
 @dataclass(frozen=True)
@@ -141,6 +144,9 @@ class AdaLora(BaseConfig):
         check(self.tinit >= 0 and self.tfinal >= 0 and self.delta_t >= 1, "adalora: tinit, tfinal >= 0 and delta_t >= 1")
         check(0 < self.beta1 < 1 and 0 < self.beta2 < 1, "adalora: beta1 and beta2 must be in (0, 1)")
         check(self.orth_reg_weight >= 0, "adalora: orth_reg_weight must be >= 0")
+
+    def grad_hooks(self, module: Any) -> list:
+        return [_Allocate(module)]
 
 
 @dataclass
@@ -190,9 +196,9 @@ def adapt_(model: LeanModel, config: BaseConfig, total_steps: int) -> Adapter:
     adapter.info = {"config": config.to_dict(), "target_modules": list(targets), "trained_heads": list(heads),
                     "total_steps": total_steps, "base_params": full,
                     "trainable_params": sum(p.numel() for n, p in module.named_parameters() if n in names)}
-    if isinstance(config, AdaLora):
-        adapter.grad_hooks.append(_Allocate(module))
-        adapter.info["initial_ranks"] = adalora_ranks(module)
+    for hook in config.grad_hooks(module):
+        adapter.grad_hooks.append(hook)
+        adapter.info.update(hook.describe())
     return adapter
 
 
@@ -239,6 +245,15 @@ class _Allocate:
         module.base_model.update_and_allocate(step)
         return {"adalora/rank_budget": float(sum(adalora_ranks(module).values()))}
 
+    def describe(self) -> dict[str, Any]:
+        return {"initial_ranks": adalora_ranks(self.module)}
+
+    def finish(self) -> dict[str, Any]:
+        pattern = self.module.peft_config[self.module.active_adapter].rank_pattern
+        if pattern:  # the loop restored the best weights: mask them to the final ranks the adapter keeps
+            self.module.base_model.rankallocator.mask_using_rank_pattern(self.module.base_model.model, pattern)
+        return {"final_ranks": adalora_ranks(self.module)}
+
     def state_dict(self) -> dict[str, Any]:
         alloc = self.module.base_model.rankallocator
         return {"ipt": alloc.ipt, "exp_avg_ipt": alloc.exp_avg_ipt, "exp_avg_unc": alloc.exp_avg_unc,
@@ -256,11 +271,8 @@ def merge_(model: LeanModel, adapter: Adapter, texts: Sequence[str] = (), max_er
     A quantized base is merged the safe way (`merge_quantized`), checked on `texts`.
     """
     peft_model = model.module
-    if isinstance(adapter.config, AdaLora):
-        pattern = peft_model.peft_config[peft_model.active_adapter].rank_pattern
-        if pattern:  # the loop restored the best weights: mask them to the final ranks the adapter keeps
-            peft_model.base_model.rankallocator.mask_using_rank_pattern(peft_model.base_model.model, pattern)
-        adapter.info["final_ranks"] = adalora_ranks(peft_model)
+    for hook in adapter.grad_hooks:
+        adapter.info.update(hook.finish())
     with tempfile.TemporaryDirectory() as tmp:
         peft_model.save_pretrained(tmp)
         adapter.files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
