@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -273,7 +274,9 @@ def merge_(model: LeanModel, adapter: Adapter, texts: Sequence[str] = (), max_er
     peft_model = model.module
     for hook in adapter.grad_hooks:
         adapter.info.update(hook.finish())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # AdaLoRA may prune a layer to rank 0; peft then warns about ZeRO-3/FSDP shards we do not use
+        warnings.filterwarnings("ignore", message=".*have invalid shape.*")
         peft_model.save_pretrained(tmp)
         adapter.files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
     if quantized_linears(peft_model.base_model.model):

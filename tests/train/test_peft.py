@@ -183,3 +183,15 @@ def test_adalora_resume_is_exact(tiny_clf, tmp_path):
     assert adalora_ranks(resumed.module) == adalora_ranks(straight.module)
     for (name, a), b in zip(straight.module.state_dict().items(), resumed.module.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.integration
+def test_real_minilm_lora_small_subset(tmp_path):
+    cfg = FinetuneConfig(loop=LoopConfig(epochs=1, lr=1e-3), train_size=64, eval_size=32, batch_size=32,
+                         max_length=64, peft=Lora(r=8))
+    m = finetune("minilm-l6", "movie-snippets", cfg, output=tmp_path / "ft", progress=False)
+    info = m.record.training["peft"]
+    assert info["trainable_params"] < 0.005 * info["base_params"]  # 74k of 22.7M
+    back = leanlm.load(tmp_path / "ft")
+    texts = ["a warm, funny and moving film", "a dull, pointless waste of time"]
+    assert back.predict(texts) == m.predict(texts)
