@@ -18,7 +18,8 @@ from leanlm.artifact import LeanModel
 from leanlm.config import BaseConfig, check
 from leanlm.data import Splits, TextDataset, load_splits
 from leanlm.errors import LeanlmError
-from leanlm.train.loop import LoopConfig, TrainResult, train_loop
+from leanlm.train.loop import LoopConfig, TrainResult, total_steps, train_loop
+from leanlm.train.peft import adapt_, merge_, save_with_adapter
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class FinetuneConfig(BaseConfig):
         eval_size: validate on at most this many validation examples (0 = all).
         split_seed: seed of the train/validation/test split (recorded in leanlm.json).
         threads: torch threads (0 = all cores).
+        peft: None trains every weight; `Lora(...)` or `AdaLora(...)` trains adapters only, then
+            merges them into the base (the adapter is kept in the model directory's `adapter/`).
+
+    Example:
+        >>> FinetuneConfig(loop=LoopConfig(epochs=1, grad_accum=2), peft=AdaLora(init_r=12, target_r=4))
     """
 
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -42,12 +48,15 @@ class FinetuneConfig(BaseConfig):
     eval_size: int = 0
     split_seed: int = 0
     threads: int = 0
+    peft: BaseConfig | None = None
 
     def validate(self) -> None:
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(8 <= self.max_length <= 8192, f"max_length must be in [8, 8192], got {self.max_length}")
         check(self.train_size >= 0 and self.eval_size >= 0, "train_size and eval_size must be >= 0")
         check(self.threads >= 0, "threads must be >= 0")
+        check(self.peft is None or self.peft.family == "peft", f"peft must be a PEFT config (lora, adalora), "
+              f"got {type(self.peft).__name__}")
 
 
 def _batches(model: LeanModel, data: TextDataset, batch_size: int, max_length: int, seed: int,
@@ -113,12 +122,16 @@ def finetune(
         if base.task == "causal-lm":
             raise LeanlmError(f"{model} is a decoder; fine-tuning for classification needs an encoder")
         if base.record.techniques:
-            raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed)")
-        source = base.path or model
-        # the new classification head is random: seed it, so the training seed decides the whole run
-        torch.manual_seed(config.loop.seed)
-        clf = load(source if base.path is None else base.path, task="sequence-classification", labels=labels)
-        clf.record.base_model = base.record.base_model
+            same_head = base.task == "sequence-classification" and list(base.labels or []) == list(labels)
+            if not (config.peft and same_head):
+                raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed; "
+                                  "only --peft trains on a compressed classifier with the same labels)")
+            clf = base  # PEFT on a compressed classifier (QLoRA style): its quantized weights stay frozen
+        else:
+            # the new classification head is random: seed it, so the training seed decides the whole run
+            torch.manual_seed(config.loop.seed)
+            clf = load(base.path or model, task="sequence-classification", labels=labels)
+            clf.record.base_model = base.record.base_model
     if config.threads:
         torch.set_num_threads(config.threads)
     train = splits.train.head(config.train_size) if config.train_size else splits.train
@@ -129,6 +142,7 @@ def finetune(
     def loss_fn(module: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return module(**batch).loss
 
+    adapter = adapt_(clf, config.peft, total_steps(config.loop, steps_per_epoch)) if config.peft else None
     result: TrainResult = train_loop(
         clf.module,
         lambda epoch: _batches(clf, train, bs, ml, config.loop.seed * 1000 + epoch, shuffle=True),
@@ -136,16 +150,29 @@ def finetune(
         loss_fn,
         lambda module: accuracy(clf, val, max_length=ml),
         config.loop,
+        trainable=adapter.trainable if adapter else None,
         progress=progress,
+        grad_hooks=adapter.grad_hooks if adapter else (),
     )
+    if adapter is not None:
+        merge_(clf, adapter, texts=list(val.texts[:64]))
     test_acc = accuracy(clf, splits.test, max_length=ml)
     clf.record.data = {**splits.describe(), "train_used": len(train), "validation_used": len(val)}
     clf.record.training = {"config": config.to_dict(), "result": result.to_dict()}
     clf.record.metrics["validation"] = {"accuracy": result.best_score}
     clf.record.metrics["test"] = {"accuracy": test_acc, "n": len(splits.test)}
-    if output is not None:
-        clf.save(output, overwrite=overwrite)
+    if adapter is not None:
+        clf.record.training["peft"] = adapter.info
+    if output is not None and is_main_process():  # under torchrun, rank 0 writes the one model directory
+        if adapter is not None:
+            save_with_adapter(clf, adapter, output, overwrite=overwrite)
+        else:
+            clf.save(output, overwrite=overwrite)
     return clf
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def summary(model: LeanModel) -> dict[str, Any]:

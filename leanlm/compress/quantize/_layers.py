@@ -104,7 +104,8 @@ def _linear(x: torch.Tensor, w: _WeightOnly, bias: torch.Tensor | None) -> torch
     # x: (..., K) -> (..., N); compute in bf16, return in x's dtype
     out_dtype = x.dtype
     x2 = x.reshape(-1, x.shape[-1]).to(_BF16)
-    if x2.shape[0] <= KERNEL_MAX_ROWS[w.kind] and w.kernel_ok():
+    # the GEMV kernels have no backward: training through the layer (LoRA on this base) takes the GEMM
+    if x2.shape[0] <= KERNEL_MAX_ROWS[w.kind] and w.kernel_ok() and not (x.requires_grad and torch.is_grad_enabled()):
         y = w._gemv(x2.contiguous())
     else:
         y = F.linear(x2, w.dequantize(_BF16))
