@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import zlib
 
 import pytest
 import torch
+
+from _contract import outputs, rel_error, row_id as _id
 
 import leanlm
 from leanlm.compress.lowrank import FactorizedLinear, LowRank, choose_rank, factorize, factorize_, recipe_step
@@ -29,19 +30,6 @@ CONTRACT = [
     (LowRank(size_ratio=0.5, whiten=True), "tiny_emb", 0.01),
     (LowRank(rank=16, targets=("intermediate.dense", "value")), "tiny_clf", None),
 ]
-
-
-def _id(row) -> str:
-    cfg, fixture, _ = row
-    return f"{cfg.name}-{fixture}-{zlib.crc32(cfg.to_json().encode()) % 1000:03d}"
-
-
-def outputs(model, texts):
-    return model(**model.encode(texts, max_length=32)).float()
-
-
-def rel_error(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float((out - ref).pow(2).sum() / ref.pow(2).sum())
 
 
 def factorized(model) -> dict[str, FactorizedLinear]:

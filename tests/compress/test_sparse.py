@@ -7,10 +7,11 @@ the record says plainly that the zeros buy no speed on PyTorch. To add a method,
 """
 from __future__ import annotations
 
-import zlib
 
 import pytest
 import torch
+
+from _contract import outputs, rel_error, row_id as _id
 
 import leanlm
 from leanlm.compress.prune import PruneContext
@@ -32,19 +33,6 @@ CONTRACT = [
     (SemiStructured(score="wanda"), "tiny_lm", 0.5),
     (SemiStructured(n=4, m=8), "tiny_emb", 0.05),
 ]
-
-
-def _id(row) -> str:
-    cfg, fixture, _ = row
-    return f"{cfg.name}-{fixture}-{zlib.crc32(cfg.to_json().encode()) % 1000:03d}"
-
-
-def outputs(model, texts):
-    return model(**model.encode(texts, max_length=32)).float()
-
-
-def rel_error(ref: torch.Tensor, out: torch.Tensor) -> float:
-    return float((out - ref).pow(2).sum() / ref.pow(2).sum())
 
 
 def target_sparsity(config) -> float:
