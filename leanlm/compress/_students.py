@@ -13,6 +13,7 @@ import torch
 
 from leanlm.artifact import LeanModel
 from leanlm.errors import ConfigError, DataError, UnsupportedError
+from leanlm.models.compat import labels_mismatch, vocab_mismatch
 
 ENCODER_TASKS = ("sequence-classification", "feature-extraction")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -97,10 +98,6 @@ def resolve_student(student: Any, teacher: LeanModel, seed: int) -> LeanModel:
     return model
 
 
-def _vocab(model: LeanModel) -> dict[str, int]:
-    return model.tokenizer.get_vocab()
-
-
 def check_pair(teachers: Sequence[LeanModel], student: LeanModel, label_names: Sequence[str] | None) -> None:
     """Refuse teacher/student pairs that cannot be distilled, with one line saying why."""
     from leanlm.compress.quantize import is_quantized
@@ -112,8 +109,8 @@ def check_pair(teachers: Sequence[LeanModel], student: LeanModel, label_names: S
                                    f"is an encoder; distill needs an encoder teacher")
         if t.task != first.task:
             raise UnsupportedError(f"teachers must share a task; got {first.task} and {t.task}")
-        if list(t.labels or []) != list(first.labels or []):
-            raise UnsupportedError(f"teachers have different label sets: {first.labels} vs {t.labels}")
+        if labels_mismatch(first, t):
+            raise UnsupportedError(f"teachers have different label sets: {labels_mismatch(first, t)}")
     if student.task not in ENCODER_TASKS:
         raise UnsupportedError(f"the student is a {student.task} model; distill trains encoder students")
     if student.task != first.task:
@@ -124,11 +121,10 @@ def check_pair(teachers: Sequence[LeanModel], student: LeanModel, label_names: S
         raise UnsupportedError(f"student labels {student.labels} differ from the teacher's {first.labels}")
     if first.labels and label_names is not None and list(label_names) != list(first.labels):
         raise UnsupportedError(f"the data's labels {list(label_names)} differ from the teacher's {first.labels}")
-    vocab = _vocab(student)
     for t in teachers:
-        if t.tokenizer is not student.tokenizer and _vocab(t) != vocab:
-            raise UnsupportedError(f"teacher {t.record.base_model} and the student use different tokenizers "
-                                   f"(vocabularies of {len(_vocab(t))} and {len(vocab)} tokens differ)")
+        reason = vocab_mismatch(t, student)
+        if reason:
+            raise UnsupportedError(f"teacher {t.record.base_model} and the student use different tokenizers ({reason})")
 
 
 # ----------------------------------------------------------------------------- unlabeled texts

@@ -31,6 +31,7 @@ import torch
 
 from leanlm.artifact import RECORD_FILE, LeanModel, Record, _sha256, directory_size, load_dir, primary_output
 from leanlm.errors import ArtifactError, ConfigError, UnsupportedError, did_you_mean
+from leanlm.models.compat import labels_mismatch, vocab_mismatch
 from leanlm.runtime import register_backend
 
 BACKEND = "composite"
@@ -62,12 +63,11 @@ def check_members(members: Sequence[LeanModel], tasks: Sequence[str]) -> None:
                                    f"{' or '.join(tasks)} members")
         if m.task != first.task:
             raise ConfigError(f"members mix tasks: {member_label(first)} is {first.task}, {member_label(m)} is {m.task}")
-    vocab = first.tokenizer.get_vocab()
     for m in members[1:]:
-        if m.tokenizer is not first.tokenizer and m.tokenizer.get_vocab() != vocab:
+        if vocab_mismatch(first, m):
             raise ConfigError(f"members must share the tokenizer: {member_label(m)}'s vocabulary differs from "
                               f"{member_label(first)}'s")
-        if list(m.labels or []) != list(first.labels or []):
+        if labels_mismatch(first, m):
             raise ConfigError(f"members must share the label set: {member_label(m)} has {m.labels}, "
                               f"{member_label(first)} has {first.labels}")
 
