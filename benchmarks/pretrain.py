@@ -24,6 +24,7 @@ import torch
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's leanlm, as the `-m leanlm.cli` subprocesses use
 SHAPE = ["--layers", "2", "--hidden", "128", "--heads", "2", "--intermediate", "512", "--max-position", "128",
          "--seq-len", "128", "--batch-size", "32"]
 
