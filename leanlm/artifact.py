@@ -33,7 +33,8 @@ from leanlm.errors import ArtifactError
 
 RECORD_FILE = "leanlm.json"
 FORMAT_VERSION = 1
-TASKS = ("sequence-classification", "feature-extraction", "causal-lm", "question-answering")
+# masked-lm and pretraining (MLM + next-sentence heads) are what `leanlm pretrain` writes for encoders
+TASKS = ("sequence-classification", "feature-extraction", "causal-lm", "question-answering", "masked-lm", "pretraining")
 
 
 @dataclass
@@ -304,7 +305,7 @@ def primary_output(out: Any) -> torch.Tensor:
     """The tensor a task cares about from a model output (HF ModelOutput, tuple or tensor)."""
     if isinstance(out, torch.Tensor):
         return out
-    for key in ("logits", "last_hidden_state"):
+    for key in ("logits", "prediction_logits", "last_hidden_state"):
         value = getattr(out, key, None)
         if value is None and isinstance(out, dict):
             value = out.get(key)

@@ -28,6 +28,7 @@ app = typer.Typer(
 # Modules that add their own subcommands (each has `register(app: typer.Typer) -> None`).
 _COMMAND_MODULES = [
     "leanlm.train.cli",
+    "leanlm.train.pretrain_cli",
     "leanlm.compress.quantize.cli",
     "leanlm.compress.prune.cli",
     "leanlm.compress.lowrank_cli",

@@ -218,3 +218,10 @@ def _load_plugins() -> None:
         for mod in pkgutil.iter_modules(pkg.__path__):
             if not mod.name.startswith("_"):
                 importlib.import_module(f"{pkg_name}.{mod.name}")
+    # single modules that register a family (pre-training objectives); absent ones are skipped
+    for mod_name in ("leanlm.train.pretrain", "leanlm.train.causal_lm"):
+        try:
+            importlib.import_module(mod_name)
+        except ModuleNotFoundError as e:
+            if e.name != mod_name:
+                raise

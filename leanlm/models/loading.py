@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from leanlm.artifact import RECORD_FILE, TASKS, LeanModel, Record, load_dir
+from leanlm.artifact import RECORD_FILE, TASKS, LeanModel, Record, load_dir, read_record
 from leanlm.errors import ArtifactError, LeanlmError, did_you_mean
 from leanlm.models.registry import BUNDLED
 
@@ -60,6 +60,8 @@ def auto_class(task: str) -> Any:
         "feature-extraction": transformers.AutoModel,
         "causal-lm": transformers.AutoModelForCausalLM,
         "question-answering": transformers.AutoModelForQuestionAnswering,  # start/end span logits
+        "masked-lm": transformers.AutoModelForMaskedLM,
+        "pretraining": transformers.AutoModelForPreTraining,  # MLM + next-sentence prediction heads
     }[task]
 
 
@@ -72,6 +74,10 @@ def infer_task(architectures: Sequence[str] | None) -> str:
             return "causal-lm"
         if arch.endswith("ForQuestionAnswering"):
             return "question-answering"
+        if arch.endswith("ForMaskedLM"):
+            return "masked-lm"
+        if arch.endswith("ForPreTraining"):
+            return "pretraining"
     return "feature-extraction"
 
 
@@ -103,6 +109,11 @@ def load(
     s = str(name_or_path)
     path = Path(s).expanduser()
     if (path / RECORD_FILE).exists():
+        if labels is not None and _plain_float_dir(path, task, verify):
+            # a fresh classification head on a float model directory of another task (fine-tuning
+            # a pre-trained encoder): transformers keeps the encoder weights and builds the head
+            record = read_record(path, verify=False)
+            return _load_hf(path, task, record.base_model, labels, device, notes=list(record.notes))
         model = load_dir(path, verify=verify, device=device)
         if task and task != model.task and not (task == "feature-extraction" and model.backend == "torch"):
             raise LeanlmError(f"{path} is a {model.task} model, not {task}")
@@ -120,6 +131,12 @@ def load(
     if s.count("/") == 1:
         return _load_hf(s, task, s, labels, device)  # hub id: the real code path, works when online
     raise LeanlmError(did_you_mean(s, list(BUNDLED), "model") + " (or a model directory / hub id)")
+
+
+def _plain_float_dir(path: Path, task: str | None, verify: bool) -> bool:
+    """A leanlm directory saved by save_pretrained (no technique applied) whose task differs from `task`."""
+    record = read_record(path, verify=verify)
+    return record.task != task and record.backend == "torch" and not record.techniques and record.weights == "model.safetensors"
 
 
 def _load_hf(
