@@ -43,8 +43,8 @@ def _floor(module: str, path: Path | None = None) -> int | None:
     parts = module.split(".")
     if len(parts) == 1:
         return 0  # the root package: __version__ and lazy verbs (checked separately)
-    # Per-package `cli.py` modules are the command-line floor, spread over the packages.
-    if parts[-1] == "cli" or (path is not None and path.name == "cli.py"):
+    # Per-package `cli.py` / `*_cli.py` modules are the command-line floor, spread over the packages.
+    if parts[-1] == "cli" or parts[-1].endswith("_cli") or (path is not None and path.name == "cli.py"):
         return TOP
     return FLOORS.get(parts[1])
 
