@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ IR_FILE = "openvino_model.xml"  # the name openvino_genai.LLMPipeline looks for
 TOKENIZER_FILES = ("openvino_tokenizer", "openvino_detokenizer")
 WEIGHTS = ("none", "int8", "int4")
 MODES = ("auto", "sym", "asym")
+FALLBACKS = ("adjust", "ignore", "error")
 PRECISIONS = {"auto": None, "fp32": "f32", "bf16": "bf16"}
 KV_PRECISIONS = {"auto": None, "u8": "u8", "f16": "f16", "bf16": "bf16", "f32": "f32"}
 _NNCF_MODE = {("int8", "sym"): "INT8_SYM", ("int8", "asym"): "INT8_ASYM",
@@ -66,6 +68,9 @@ class OpenVinoDecoder(BaseConfig):
         weights: "none" (float), "int8" (per output channel) or "int4" (groupwise), by NNCF.
         mode: "auto" (int8 asymmetric, int4 symmetric), "sym" or "asym".
         group_size: int4 group along the input dimension (32, 64, 128; -1 = per channel).
+        group_fallback: a layer whose input width group_size does not divide (SmolLM2's 576 with
+            128): "adjust" (NNCF uses a smaller group that divides it), "ignore" (that layer
+            stays int8) or "error".
         ratio: int4 only: fraction of the layers in int4 (NNCF picks the rest for int8).
         all_layers: int4 only: also the embedding and output head in int4 (NNCF keeps them int8).
         precision: activations: "auto" (fp32 for float weights, else OpenVINO's CPU default, bf16
@@ -84,6 +89,7 @@ class OpenVinoDecoder(BaseConfig):
     weights: str = "int8"
     mode: str = "auto"
     group_size: int = 128
+    group_fallback: str = "adjust"
     ratio: float = 1.0
     all_layers: bool = False
     precision: str = "auto"
@@ -96,6 +102,8 @@ class OpenVinoDecoder(BaseConfig):
         check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         check(isinstance(self.group_size, int) and (self.group_size == -1 or self.group_size >= 8),
               f"group_size must be -1 (per channel) or an integer >= 8, got {self.group_size!r}")
+        check(self.group_fallback in FALLBACKS,
+              f"group_fallback must be one of {', '.join(FALLBACKS)}, got {self.group_fallback!r}")
         check(isinstance(self.ratio, (int, float)) and 0 < self.ratio <= 1, f"ratio must be in (0, 1], got {self.ratio!r}")
         check(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         check(self.kv_cache in KV_PRECISIONS, f"kv_cache must be one of {', '.join(KV_PRECISIONS)}, got {self.kv_cache!r}")
@@ -263,10 +271,19 @@ def compress(graph: Any, config: OpenVinoDecoder) -> Any:
         import nncf
     except ImportError:
         raise UnsupportedError("OpenVINO weight compression needs NNCF: pip install 'leanlm[openvino]'") from None
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its bit-width table is INFO
     kwargs: dict[str, Any] = {"mode": getattr(nncf.CompressWeightsMode, config.nncf_mode)}
     if config.weights == "int4":
-        kwargs.update(group_size=config.group_size, ratio=float(config.ratio), all_layers=config.all_layers)
-    return nncf.compress_weights(graph, **kwargs)
+        from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+        kwargs.update(group_size=config.group_size, ratio=float(config.ratio), all_layers=config.all_layers,
+                      advanced_parameters=AdvancedCompressionParameters(
+                          group_size_fallback_mode=GroupSizeFallbackMode(config.group_fallback)))
+    try:
+        return nncf.compress_weights(graph, **kwargs)
+    except nncf.errors.InvalidGroupSizeError:
+        raise UnsupportedError(f"int4 group_size {config.group_size} does not divide every layer's input width; "
+                               "choose a smaller group_size (32) or -1 (per channel)") from None
 
 
 def with_logits_to_keep(graph: Any) -> Any:
@@ -479,6 +496,7 @@ def to_openvino(model: LeanModel, config: OpenVinoDecoder | None = None) -> Lean
     from leanlm.runtime.openvino import IrSource
 
     config = config or OpenVinoDecoder()
+    _check_group_size(model, config)
     graph = convert_graph(model)
     _check_float_graph(model, graph)
     graph = compress(graph, config)
@@ -492,6 +510,18 @@ def to_openvino(model: LeanModel, config: OpenVinoDecoder | None = None) -> Lean
                                "weight_format": config.nncf_mode or "float32"}
     record.notes = list(record.notes) + notes
     return LeanModel(None, model.tokenizer, record, runner=runner)
+
+
+def _check_group_size(model: LeanModel, config: OpenVinoDecoder) -> None:
+    # before converting (seconds) rather than when NNCF meets the first layer it cannot split
+    if config.weights != "int4" or config.group_size == -1 or config.group_fallback != "error" \
+            or not isinstance(model.module, nn.Module):
+        return
+    widths = {m.in_features for m in model.module.modules() if isinstance(m, nn.Linear)}
+    if any(w % config.group_size for w in widths):
+        raise UnsupportedError(f"int4 group_size {config.group_size} does not divide every layer's input width "
+                               f"({', '.join(map(str, sorted(widths)))}); choose a smaller group_size, -1 (per channel) "
+                               "or group_fallback adjust")
 
 
 def _check_float_graph(model: LeanModel, graph: Any) -> None:
