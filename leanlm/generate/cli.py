@@ -9,9 +9,13 @@ from typing import List, Optional
 import typer
 
 
+BACKENDS = ("auto", "torch", "openvino", "openvino-genai")
+
+
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate_cmd)
     app.command("eval-lm")(eval_lm_cmd)
+    app.command("export", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(export_cmd)
 
 
 def _load(model: str, device: str):
@@ -39,7 +43,11 @@ def generate_cmd(
     compile_scope: str = typer.Option("layer", help="With --fast: compile one 'layer' (seconds) or the whole "
                                       "'model' (about a minute; faster per token)."),
     dtype: str = typer.Option("auto", help="Fast decoder dtype: auto, float32, bfloat16, float16."),
-    weights: str = typer.Option("auto", help="Fast decoder weights: auto, int8, int4."),
+    weights: str = typer.Option("auto", help="Fast decoder weights: auto, int8, int4; with --backend openvino "
+                                "(converting a PyTorch model): none, int8 (auto) or int4."),
+    group_size: int = typer.Option(128, help="With --backend openvino and --weights int4: the int4 group size."),
+    backend: str = typer.Option("auto", help="auto (the model's own), torch, openvino (our loop on a stateful "
+                                "OpenVINO IR) or openvino-genai (OpenVINO GenAI's LLMPipeline on that IR: the peer)."),
     device: str = typer.Option("auto", help="auto (GPU if available), cpu or cuda."),
     draft: Optional[str] = typer.Option(None, help="Speculative decoding draft: self-int4, self-int8 (the model's "
                                         "own weights packed, needs --fast), layers-K (keep every K-th layer) or a model."),
@@ -48,14 +56,34 @@ def generate_cmd(
     stats: bool = typer.Option(False, "--stats", help="Print prefill/decode timings to stderr."),
 ) -> None:
     """Generate text with a causal LM (greedy or sampled; chat template with --chat)."""
+    from leanlm.errors import ConfigError
     from leanlm.generate import GenerationConfig, generate_result, generate_stream
 
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    on_ov = backend.startswith("openvino")
+    if on_ov and fast:
+        raise ConfigError("--fast is the PyTorch fast decoder; --backend openvino runs its own stateful decoder")
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            repetition_penalty=repetition_penalty, seed=seed, stop=tuple(stop or ()), chat=chat,
                            system=system, fast=fast, compile=compile, compile_scope=compile_scope, dtype=dtype,
-                           weights=weights, draft_tokens=draft_tokens)
-    lm = _load(model, device)
-    drafter = _draft(lm, draft, cfg, device) if draft else None
+                           weights="auto" if on_ov else weights, draft_tokens=draft_tokens)
+    lm = _load(model, "cpu" if on_ov else device)
+    torch_lm = lm if lm.backend == "torch" else None
+    if backend == "torch" and lm.backend != "torch":
+        raise ConfigError(f"{model} runs on {lm.backend}; use --backend auto (or {lm.backend})")
+    if on_ov and lm.backend != "openvino":
+        from leanlm.generate.openvino import OpenVinoDecoder, to_openvino
+
+        lm = to_openvino(lm, OpenVinoDecoder(weights="int8" if weights == "auto" else weights, group_size=group_size,
+                                             tokenizer=backend == "openvino-genai"))
+    if backend == "openvino-genai":
+        _genai(lm, prompt, cfg, draft, stats)
+        return
+    if lm.backend == "openvino":
+        drafter = _ov_draft(torch_lm, draft, weights, group_size, device) if draft else None
+    else:
+        drafter = _draft(lm, draft, cfg, device) if draft else None
     if stream:
         for chunk in generate_stream(lm, prompt, cfg, draft=drafter):
             sys.stdout.write(chunk)
@@ -69,6 +97,67 @@ def generate_cmd(
         typer.echo(f"prompt {result.prompt_tokens} tokens, generated {result.new_tokens} ({result.finish_reason}); "
                    f"prefill {result.prefill_s * 1e3:.1f} ms, decode {result.decode_ms_per_token:.2f} ms/token{spec}",
                    err=True)
+
+
+def _genai(lm, prompt: str, cfg, draft, stats: bool) -> None:
+    """The peer: OpenVINO GenAI's own loop on the same IR (same prompt tokens as ours)."""
+    from leanlm.errors import ConfigError
+    from leanlm.generate.loop import prompt_ids
+    from leanlm.generate.openvino_genai import GenaiDecoder
+
+    if draft:
+        raise ConfigError("--draft is leanlm's speculative decoding; use --backend openvino with it")
+    result = GenaiDecoder(lm.path if lm.path is not None else lm).generate(prompt_ids(lm, prompt, cfg).tolist(), cfg)
+    typer.echo(result.text)
+    if stats:
+        typer.echo(f"prompt {result.prompt_tokens} tokens, generated {result.new_tokens} (openvino-genai); "
+                   f"prefill {result.prefill_s * 1e3:.1f} ms, decode {result.decode_ms_per_token:.2f} ms/token", err=True)
+
+
+def _ov_draft(torch_lm, spec: str, weights: str, group_size: int, device: str):
+    """A draft on OpenVINO: self-int4/self-int8 or layers-K of the PyTorch model, or a model."""
+    from leanlm.errors import ConfigError
+    from leanlm.generate.openvino import ov_decoder
+    from leanlm.generate.speculative import layer_dropped
+
+    if spec.startswith(("self-", "layers-")):
+        if torch_lm is None:
+            raise ConfigError(f"--draft {spec} is built from the PyTorch model; this directory holds only its "
+                              "OpenVINO IR (pass a draft model instead)")
+        if spec in ("self-int4", "self-int8"):
+            return ov_decoder(torch_lm, weights=spec.split("-")[1], group_size=group_size, tokenizer=False)
+        source = _draft(torch_lm, spec, None, device)
+        return ov_decoder(source, weights="int8" if weights == "auto" else weights, group_size=group_size,
+                          tokenizer=False)
+    draft = _load(spec, "cpu")
+    return draft if draft.backend == "openvino" else ov_decoder(draft, weights="int8" if weights == "auto" else weights,
+                                                               group_size=group_size, tokenizer=False)
+
+
+def export_cmd(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Bundled decoder (smollm2-135m) or model directory (PyTorch, float)."),
+    out: Path = typer.Argument(..., help="New model directory to write."),
+    backend: str = typer.Option("openvino", help="Target runtime: openvino (a stateful OpenVINO IR that our loop "
+                                "and OpenVINO GenAI both run)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Write a causal LM for another runtime; options from the openvino-decoder config
+    (--weights none|int8|int4, --mode, --group-size, --ratio, --all-layers, --precision, --kv-cache,
+    --dq-group-size, --no-tokenizer)."""
+    from leanlm.compress.quantize.cli import parse_options
+    from leanlm.errors import ConfigError, LeanlmError
+    from leanlm.generate.openvino import OpenVinoDecoder, to_openvino
+
+    if backend != "openvino":
+        raise ConfigError(f"export supports --backend openvino, not {backend!r}")
+    config = OpenVinoDecoder(**parse_options(OpenVinoDecoder, list(ctx.args)))
+    if out.exists() and not overwrite:
+        raise LeanlmError(f"{out} already exists; choose another output or pass --overwrite")
+    converted = to_openvino(_load(model, "cpu"), config)
+    converted.save(out, overwrite=overwrite)
+    rt = converted.record.extra["runtime"]
+    typer.echo(f"wrote {out} (openvino decoder, weights {rt['weight_format']})")
 
 
 def _draft(lm, spec: str, cfg, device: str):

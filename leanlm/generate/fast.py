@@ -295,19 +295,26 @@ def layer_forward(blk: Block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Ten
     return x + blk.down(F.silu(gate) * up)[0]
 
 
+def check_supported(hf: nn.Module) -> nn.Module:
+    """The model's rotary embedding module, if its family and rope type are ones we rebuild (else raise)."""
+    cfg = hf.config
+    if getattr(cfg, "model_type", None) not in SUPPORTED:
+        raise UnsupportedError(f"the fast decoder supports {', '.join(SUPPORTED)} models, not "
+                               f"{getattr(cfg, 'model_type', type(hf).__name__)!r}; use fast=False")
+    rope = getattr(hf.model, "rotary_emb", None)
+    rope_type = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope is None or rope_type not in ("default", "linear", "llama3"):
+        raise UnsupportedError(f"the fast decoder does not support rope type {rope_type!r}; use fast=False")
+    return rope
+
+
 class FastLlama(nn.Module):
     """Llama-family forward over a static KV cache, built from a Hugging Face CausalLM module."""
 
     def __init__(self, hf: nn.Module, dtype: torch.dtype, weights: str = "auto"):
         super().__init__()
         cfg = hf.config
-        if getattr(cfg, "model_type", None) not in SUPPORTED:
-            raise UnsupportedError(f"the fast decoder supports {', '.join(SUPPORTED)} models, not "
-                                   f"{getattr(cfg, 'model_type', type(hf).__name__)!r}; use fast=False")
-        rope = getattr(hf.model, "rotary_emb", None)
-        rope_type = (getattr(cfg, "rope_parameters", None) or {}).get("rope_type", "default")
-        if rope is None or rope_type not in ("default", "linear", "llama3"):
-            raise UnsupportedError(f"the fast decoder does not support rope type {rope_type!r}; use fast=False")
+        rope = check_supported(hf)
         device = next(hf.parameters()).device
         self.dtype = dtype
         self.n_layers = len(hf.model.layers)

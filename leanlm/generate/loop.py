@@ -110,8 +110,17 @@ class NoCacheDecoder:
 
 
 def make_decoder(model: Any, config: GenerationConfig) -> Any:
-    """The decoder `config` asks for (eager, no-cache or fast) for a causal-lm LeanModel."""
+    """The decoder `config` asks for (eager, no-cache or fast) for a causal-lm LeanModel.
+
+    A runtime that brings its own stateful decoder (OpenVINO: `runner.decoder()`) supplies it;
+    the torch-only settings (fast, compile, dtype, weights) do not apply there.
+    """
     check_causal_lm(model)
+    if _runtime_decoder(model):
+        dec = model.runner.decoder()
+        if getattr(dec, "model", None) is None:
+            dec.model = model
+        return dec
     if not config.use_cache:
         return NoCacheDecoder(model.module)
     if config.fast:
@@ -125,8 +134,19 @@ def make_decoder(model: Any, config: GenerationConfig) -> Any:
 def check_causal_lm(model: Any) -> None:
     if getattr(model, "task", None) != "causal-lm":
         raise UnsupportedError(f"generate needs a causal-lm model; this one is {getattr(model, 'task', type(model).__name__)}")
+    if _runtime_decoder(model):
+        return
     if model.backend != "torch" or not isinstance(model.module, torch.nn.Module):
         raise UnsupportedError(f"generate runs PyTorch models; this one runs on {model.backend}")
+
+
+def _runtime_decoder(model: Any) -> bool:
+    return model.backend != "torch" and callable(getattr(model.runner, "decoder", None))
+
+
+def model_config(model: Any) -> Any:
+    """The HF config of a causal LM, whether PyTorch holds it or a runtime's runner does."""
+    return getattr(model.module, "config", None) or getattr(model.runner, "config", None)
 
 
 # --------------------------------------------------------------------------- prompts
@@ -158,7 +178,7 @@ def prompt_ids(model: Any, prompt: str | Messages, config: GenerationConfig) -> 
 def _check_length(model: Any, ids: torch.Tensor) -> torch.Tensor:
     if ids.numel() == 0:
         raise LeanlmError("the prompt encodes to no tokens; give some text to continue")
-    vocab = getattr(model.module.config, "vocab_size", None)
+    vocab = getattr(model_config(model), "vocab_size", None)
     if vocab and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise LeanlmError(f"prompt token ids must be in [0, {vocab})")
     context = context_window(model)
@@ -174,13 +194,13 @@ def _has_template_tokens(tok: Any, text: str) -> bool:
 
 
 def context_window(model: Any) -> int:
-    cfg = model.module.config
-    return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+    return int(getattr(model_config(model), "max_position_embeddings", None) or 2048)
 
 
 def eos_ids(model: Any) -> set[int]:
     ids: set[int] = set()
-    for src in (getattr(model.module, "generation_config", None), model.module.config, model.tokenizer):
+    holder = model.module if model.module is not None else model.runner
+    for src in (getattr(holder, "generation_config", None), model_config(model), model.tokenizer):
         value = getattr(src, "eos_token_id", None)
         if isinstance(value, int):
             ids.add(value)
@@ -246,16 +266,17 @@ class TextTracker:
 # --------------------------------------------------------------------------- the loop
 
 def run(model: Any, prompt: str | Messages, config: GenerationConfig, draft: Any = None,
-        stream: bool = False, result: GenerationResult | None = None) -> Iterator[str]:
+        stream: bool = False, result: GenerationResult | None = None, decoder: Any = None) -> Iterator[str]:
     """Generate, returning an iterator of text chunks; fills `result` (if given) as it goes.
 
     Prompt and settings are checked here, before the first chunk is asked for, so errors
     surface at the call. Tokens come from `decode_tokens` or, with a draft, `speculative_tokens`.
+    `decoder`: a ready decoder for `model` (default: the one `config` asks for).
     """
     ids = prompt_ids(model, prompt, config)
     context = context_window(model)
     max_new = min(config.max_new_tokens, context - int(ids.numel()))
-    decoder = make_decoder(model, config)
+    decoder = decoder if decoder is not None else make_decoder(model, config)
     if draft is not None:
         from leanlm.generate.speculative import draft_decoder, speculative_tokens
 

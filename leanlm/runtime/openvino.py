@@ -255,6 +255,10 @@ class OpenVinoBackend:
 
     def save(self, model: LeanModel, directory: Path) -> str:
         runner = model.runner
+        if model.task == "causal-lm":  # stateful decoder IRs (leanlm.generate.openvino)
+            from leanlm.generate.openvino import save_decoder
+
+            return save_decoder(model, directory)
         if not isinstance(runner, OvRunner):
             raise ArtifactError(f"openvino backend cannot save a model whose runner is {type(runner).__name__}")
         src = runner.source
@@ -275,6 +279,10 @@ class OpenVinoBackend:
         return name
 
     def load(self, directory: Path, record: Record, device: str | None = None) -> LeanModel:
+        if record.task == "causal-lm":
+            from leanlm.generate.openvino import load_decoder
+
+            return load_decoder(directory, record, device)
         tokenizer, config = load_parts(directory, record, device)
         path = directory / record.weights
         if path.suffix == ".xml" and not path.with_suffix(".bin").exists():
