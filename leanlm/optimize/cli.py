@@ -6,6 +6,7 @@ too small for one trial (said before the search starts).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -52,4 +53,4 @@ def register(app: typer.Typer) -> None:
                 typer.echo(line)
         typer.echo(f"report: {res.report.get('html')}")
         if res.impossible:
-            raise typer.Exit(3)
+            sys.exit(3)  # typer.Exit's code is lost under leanlm.cli.main's standalone_mode=False
