@@ -168,6 +168,7 @@ def conclude(study: Any, key: str, base: Any, model_dir: Path, out: Path, splits
         res.final = _final_run(base, front, splits, config, say)
         pick = recommend(front, res.final, config.target, noise)
         res.recommended = _save_recommended(pick, res.final, out, key, config, noise)
+        res.recommended_trial = pick["number"]
         res.verdict = verdict_line(res.final, _name(pick), config)
         res.message = f"recommended: {_name(pick)} -> {res.recommended}; serve it: leanlm serve {res.recommended} --port 8000"
         say("optimize: " + res.message)

@@ -50,9 +50,9 @@ def _plot(res: Any, budget: float, x_key: str, x_label: str, final_key: str) -> 
             if rows:
                 ax.scatter([r[final_key] for r in rows], [r["accuracy_delta_pts"] for r in rows], marker=marker, s=90,
                            c=color, label=("frontier" if kind == "trial" else "peers") + " (test, final run)")
-                for r in rows:
+                for i, r in enumerate(rows):  # staggered: equal accuracies would print the names over each other
                     ax.annotate(r["name"].split(":")[0] if kind == "trial" else r["name"][6:], (r[final_key], r["accuracy_delta_pts"]),
-                                fontsize=7, xytext=(4, 3), textcoords="offset points")
+                                fontsize=7, xytext=(4, 3 - 10 * (i % 3)), textcoords="offset points")
     ax.axhline(-budget, color="tab:red", lw=0.8, ls="--", label="accuracy budget")
     ax.axvline(1.0, color="black", lw=0.6)
     ax.set_xlabel(x_label)

@@ -36,6 +36,7 @@ from leanlm.errors import ConfigError, UnsupportedError
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino")
 JOURNAL = "journal.log"
 EVENTS = "events.jsonl"
+PEER_RESERVE_S = 60.0
 # options that change no trial's result: left out of the study key, so a re-run may change them
 _NOT_KEYED = ("budget_minutes", "trials", "ray", "parallel", "peers", "final_models", "progress")
 
@@ -182,6 +183,7 @@ class OptimizeResult:
     frontier: list[int] = field(default_factory=list)
     final: Any = None  # leanlm.bench.measure.BenchResult of the final interleaved run
     recommended: Path | None = None
+    recommended_trial: int | None = None
     message: str = ""
     verdict: str = ""
     report: dict[str, Path] = field(default_factory=dict)
@@ -245,7 +247,7 @@ def _retry_interrupted(study: Any) -> int:
     from optuna.trial import TrialState
 
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-    for t in stale:
+    for t in stale:  # Optuna has no public call that fails another process's trial; its storage does it
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
     return len(stale)
@@ -385,7 +387,9 @@ def optimize(model_dir: str | os.PathLike, out_dir: str | os.PathLike, config: O
                 "shapes": [[1, s], [b, s]]}
     executor = _executor(config)
     bar = _Bar(progress, budget_s)
-    final_s = est["trial"] * (1 + config.final_models)  # the final run times the frontier and the peers
+    # kept for the end: the final run times the frontier and the peers, after converting the peers
+    # (MiniLM's took 10-60 s each here; the NNCF one is the slowest)
+    final_s = est["trial"] * (1 + config.final_models) + PEER_RESERVE_S * len(config.peers)
     per_trial, stalls = est["trial"], 0
     try:
         while True:

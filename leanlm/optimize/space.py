@@ -263,12 +263,12 @@ def _mixed(trial: Any, ctx: SpaceContext) -> dict[str, Any] | None:
 
 @space_for("prune", "heads", cost=2.0, seeds=({"ratio": 0.2},))
 def _heads(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
-    return {"ratio": trial.suggest_float("heads.ratio", 0.1, 0.6, step=0.1)}
+    return {"ratio": round(trial.suggest_float("heads.ratio", 0.1, 0.6, step=0.1), 2)}
 
 
 @space_for("prune", "ffn", cost=2.0, seeds=({"ratio": 0.3},))
 def _ffn(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
-    return {"ratio": trial.suggest_float("ffn.ratio", 0.1, 0.7, step=0.1)}
+    return {"ratio": round(trial.suggest_float("ffn.ratio", 0.1, 0.7, step=0.1), 2)}
 
 
 @space_for("prune", "layers", cost=2.5, seeds=({"count": 1},))
@@ -280,7 +280,7 @@ def _layers(trial: Any, ctx: SpaceContext) -> dict[str, Any] | None:
 
 @space_for("lowrank", "svd", cost=2.0, seeds=({"energy": 0.95},))
 def _svd(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
-    return {"energy": trial.suggest_float("svd.energy", 0.8, 0.99, step=0.01), "targets": ("intermediate.dense",)}
+    return {"energy": round(trial.suggest_float("svd.energy", 0.8, 0.99, step=0.01), 2), "targets": ("intermediate.dense",)}
 
 
 @space_for("distill", "distill", cost=20.0, needs=("prune", "lowrank"))

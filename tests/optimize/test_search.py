@@ -1,6 +1,7 @@
 """The search end to end on a tiny real classifier and real texts, with an injected timer (no speed claims)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 import leanlm
@@ -36,6 +38,15 @@ def test_search_writes_report_and_a_servable_recommendation(searched):
     assert opt["trial"] in res.frontier and opt["recipe"]["steps"] and opt["search"]["max_accuracy_drop"] == 50.0
     assert set(opt["validation"]) >= {"accuracy", "delta_pts"} and "accuracy" in opt["test"]
     assert rec.predict(["a fine film"])
+    from leanlm.serve import ModelRegistry, ServeConfig, create_app  # what `leanlm serve OUT/recommended` runs
+
+    app = create_app(ModelRegistry.load([str(out / "recommended")], ServeConfig(warmup=False)))
+
+    async def classify():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30) as c:
+            return await c.post("/v1/classify", json={"input": "a fine film"})
+
+    assert asyncio.run(classify()).status_code == 200
     page = (out / "report.html").read_text()
     assert "leanlm serve" in page and "validation" in page and "test split" in page and "data:image/png" in page
     assert res.verdict.startswith("verdict: trial") and "test" in res.verdict
