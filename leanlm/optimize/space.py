@@ -164,7 +164,17 @@ def _validated(family: str, options: dict[str, Any]) -> dict[str, Any]:
 
 
 class SearchSpace:
-    """Moves grouped by stage; `suggest` turns an Optuna trial into a Candidate (define-by-run)."""
+    """Moves grouped by stage; `suggest` turns an Optuna trial into a Candidate (define-by-run).
+
+    Args:
+        ctx: backends, model depth and budget the moves may look at.
+        methods: only these moves (names); empty = every registered one.
+        threads: thread counts to choose from.
+        static_shapes: let OpenVINO candidates compile static shapes.
+
+    Example:
+        >>> SearchSpace(SpaceContext(backends=("torch",)), methods=("int8-dynamic", "heads")).seeds()
+    """
 
     def __init__(self, ctx: SpaceContext, methods: Sequence[str] = (), threads: Sequence[int] = (1,),
                  static_shapes: bool = True):
