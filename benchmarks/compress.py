@@ -1,7 +1,7 @@
 """Compression benchmark: our compressed models against float PyTorch and the fastest peer, in one run.
 
 Rows: the float fine-tuned classifier on PyTorch eager (the baseline, `--model`), the peer
-conversions of that same float model a user would pick instead (benchmarks/_peers.py: OpenVINO bf16
+conversions of that same float model a user would pick instead (leanlm.bench.peers: OpenVINO bf16
 straight from PyTorch, OpenVINO + NNCF int8 with NNCF's defaults, ONNX Runtime dynamic int8 of the
 fused graph), then our rows: model directories (`--row NAME=DIR`, any backend, cascades included)
 and recipe outputs (`--recipe NAME=OUT_DIR`, their final model). Every row is timed at batch 32 x

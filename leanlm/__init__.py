@@ -1,7 +1,8 @@
 """leanlm: make transformer language models fast and cheap at inference, and prove it.
 
 Public verbs (the CLI exposes the same ones):
-    load, embed, finetune, quantize_, quantize, prune_, prune, factorize_, factorize, evaluate, benchmark, generate
+    load, embed, finetune, quantize_, quantize, prune_, prune, factorize_, factorize, evaluate, benchmark, generate,
+    optimize (the package `leanlm.optimize`, callable: `leanlm.optimize(model_dir, out_dir, ...)`)
 """
 from __future__ import annotations
 
@@ -38,7 +39,10 @@ _LAZY = {
     "LeanlmError": "leanlm.errors",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+# Packages that are verbs themselves (their module is callable).
+_CALLABLE_PACKAGES = ("optimize",)
+
+__all__ = sorted(_LAZY) + list(_CALLABLE_PACKAGES) + ["__version__"]
 
 
 def __getattr__(name: str):
@@ -48,4 +52,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _CALLABLE_PACKAGES:
+        import importlib
+
+        return importlib.import_module(f"leanlm.{name}")
     raise AttributeError(f"module 'leanlm' has no attribute {name!r}")

@@ -38,6 +38,7 @@ _COMMAND_MODULES = [
     "leanlm.bench.cli",
     "leanlm.generate.cli",
     "leanlm.serve.cli",
+    "leanlm.optimize.cli",
     "leanlm.demo",
 ]
 

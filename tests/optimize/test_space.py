@@ -1,0 +1,49 @@
+"""The search space: one contract row per registered move (its proposals are valid recipe steps)."""
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from leanlm.compress.recipe import load_recipe
+from leanlm.optimize.space import NONE, Candidate, SearchSpace, SpaceContext, moves
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+MOVES = moves()
+
+
+def _forced(move) -> dict:
+    params = {"prune": NONE, "lowrank": NONE, "distill": NONE, "quantize": NONE, move.family: move.name}
+    for need in move.needs:  # a recovery move needs a cut before it
+        params[need] = "heads" if need == "prune" else "svd"
+    return params
+
+
+@pytest.mark.parametrize("move", MOVES, ids=[f"{m.family}/{m.name}" for m in MOVES])
+def test_every_move_proposes_valid_recipe_steps(move):
+    space = SearchSpace(SpaceContext(layers=2))
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(3):
+        study.enqueue_trial(_forced(move))
+    for _ in range(3):
+        cand = space.suggest(study.ask())
+        assert move.name in [o["type"] for _, o in cand.steps]
+        recipe = load_recipe(cand.recipe("movie-snippets", 16))  # every option validated by the technique itself
+        assert [c.family for c in recipe.steps] == [f for f, _ in cand.steps]
+        assert Candidate.from_dict(cand.to_dict()).key() == cand.key()
+        if move.backends:
+            assert cand.backend in move.backends
+
+
+def test_seeds_are_cheap_first_and_respect_backends():
+    space = SearchSpace(SpaceContext(backends=("torch",), layers=2), methods=("int8-dynamic", "heads", "layers"))
+    seeds = space.seeds()
+    order = [next(p[s] for s in ("quantize", "prune") if p.get(s, NONE) != NONE) for p in seeds]
+    assert order == ["int8-dynamic", "heads", "layers"]  # int8 before pruning; no onnxruntime seed on torch only
+    assert all(p.get("int8-dynamic.backend", "torch") == "torch" for p in seeds)
+
+
+def test_unknown_method_names_the_valid_ones():
+    from leanlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="int8-dynamic"):
+        SearchSpace(SpaceContext(), methods=("int8-dynamik",))
