@@ -128,7 +128,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         from click import exceptions as usage
 
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a `typer.Exit(code)`'s code instead of raising it.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LeanlmError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
         sys.exit(2)

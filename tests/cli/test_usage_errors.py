@@ -77,3 +77,21 @@ def test_real_process_missing_argument():
     r = subprocess.run([sys.executable, "-m", "leanlm.cli", "embed", "minilm-l6"], capture_output=True, text=True,
                        timeout=120)
     _assert_usage_error(r.returncode, r.stderr, "Missing argument")
+
+
+def test_typer_exit_code_survives(monkeypatch):
+    """A command that ends with typer.Exit(3) exits 3 through leanlm.cli.main (not 0)."""
+    import typer
+
+    from leanlm import cli
+
+    probe = typer.Typer()
+
+    @probe.command()
+    def fail() -> None:
+        raise typer.Exit(3)
+
+    monkeypatch.setattr(cli, "app", probe)
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    assert e.value.code == 3
