@@ -158,6 +158,35 @@ def offline_rps(model_dir: str, texts: list[str], seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
+# ----------------------------------------------------------------------------- verdicts
+
+BATCHING_GAIN, SERVED_SHARE, AT_CLIENTS = 3.0, 0.70, 32
+
+
+def verdicts(results: dict[str, Any]) -> list[str]:
+    """PASS/FAIL lines for the serving targets, from ratios measured in this run."""
+    lines = []
+    row = next((r for r in results["levels"] if r["clients"] == AT_CLIENTS), None)
+    if row is None:
+        lines.append(f"SKIP  batching >= {BATCHING_GAIN:g}x no-batching at {AT_CLIENTS} clients (level not run)")
+    else:
+        ok = row["ratio_on_off"] >= BATCHING_GAIN
+        lines.append(f"{'PASS' if ok else 'FAIL'}  batching >= {BATCHING_GAIN:g}x no-batching at {AT_CLIENTS} "
+                     f"clients: {row['ratio_on_off']:.2f}x")
+    share = results.get("served_over_offline")
+    if share is not None:
+        lines.append(f"{'PASS' if share >= SERVED_SHARE else 'FAIL'}  served >= {100 * SERVED_SHARE:.0f}% of offline "
+                     f"batch-32 throughput on the same texts: {100 * share:.0f}%")
+    ov = results.get("overload")
+    if ov:
+        shed = ov["statuses"].get("429", 0)
+        ok = ov["answered_exactly_once"] and shed > 0 and ov["recovery_s"] < 5
+        lines.append(f"{'PASS' if ok else 'FAIL'}  overload: {shed} shed with 429, accepted answered exactly once: "
+                     f"{ov['answered_exactly_once']}, RSS peak {ov['rss_mb_peak']:.0f} MB (from "
+                     f"{ov['rss_mb_before']:.0f}), recovered in {ov['recovery_s']:.2f} s")
+    return lines
+
+
 # ----------------------------------------------------------------------------- main
 
 def build_model(args: argparse.Namespace, tmp: Path) -> str:
@@ -238,6 +267,9 @@ def main() -> None:
     finally:
         on.stop()
         off.stop()
+    results["verdicts"] = verdicts(results)
+    for line in results["verdicts"]:
+        print(line, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -76,12 +76,17 @@ def create_app(registry: ModelRegistry) -> FastAPI:
     Example:
         >>> app = create_app(ModelRegistry({"clf": leanlm.load("runs/sentiment")}))
     """
+    from leanlm.serve.knowledge import attach
+
     load_endpoints()
     config = registry.config
     metrics = Metrics()
+    knowledge = attach(registry)  # before the app exists: a bad --knowledge-base fails here, in one line
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if knowledge is not None:
+            await asyncio.to_thread(knowledge.build)
         if config.warmup:
             await asyncio.to_thread(registry.warm)
         registry.ready = True
@@ -91,6 +96,7 @@ def create_app(registry: ModelRegistry) -> FastAPI:
     app = FastAPI(title="leanlm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.registry = registry
     app.state.metrics = metrics
+    app.state.knowledge = knowledge
     for name in ENDPOINT_MODULES:
         app.include_router(importlib.import_module(name).router)
 
@@ -146,6 +152,8 @@ def create_app(registry: ModelRegistry) -> FastAPI:
     async def ready() -> JSONResponse:
         """Readiness: every model loaded and warmed up."""
         body = {"status": "ready" if registry.ready else "starting", "models": registry.names()}
+        if knowledge is not None:
+            body["knowledge_base"] = knowledge.info()
         return JSONResponse(body, status_code=200 if registry.ready else 503)
 
     @app.get("/metrics")

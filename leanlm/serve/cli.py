@@ -67,6 +67,15 @@ def serve_cmd(
     warmup: bool = typer.Option(_D.warmup, "--warmup/--no-warmup", help="Run one request per model before ready."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
     workers: int = typer.Option(1, help="Worker processes on the one port, each with its own copy of the models."),
+    knowledge_base: Optional[str] = typer.Option(None, "--knowledge-base", help="Passages for /v1/answer without a "
+                                                 "context: .txt (a passage per paragraph), .jsonl, SQuAD .json, a "
+                                                 "directory of them, or a saved index."),
+    embedder: Optional[str] = typer.Option(None, help="Model that embeds the knowledge base: a served model's name, "
+                                           "a directory or a bundled name (default: the served embedder, else "
+                                           "minilm-l6)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Serve through Ray Serve: 'local' (start Ray here) or a "
+                                      "cluster ADDRESS (needs the ray extra)."),
+    replicas: int = typer.Option(1, help="Ray Serve replicas of the server (with --ray)."),
 ) -> None:
     """Serve models over HTTP: classify, embeddings, answer, completions and chat (OpenAI-compatible), with dynamic
     batching and a web page at /."""
@@ -81,7 +90,21 @@ def serve_cmd(
         raise ConfigError(f"--port must be in 1..65535, got {port}")
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if replicas < 1:
+        raise ConfigError(f"--replicas must be >= 1, got {replicas}")
+    if ray is not None and workers > 1:
+        raise ConfigError("--ray scales by --replicas; drop --workers")
     _, uvicorn = require_server()
+    if ray is not None:
+        from leanlm.serve.ray_serve import RayOptions, serve_with_ray
+
+        configure_logging(access_log)
+        from leanlm.serve.registry import check_specs
+
+        _announce(check_specs(models or [], named), host, port, config, replicas, "ray replicas")
+        serve_with_ray(models or [], named, config, RayOptions(address=ray, num_replicas=replicas, host=host,
+                                                               port=port))
+        return
     from leanlm.serve.app import create_app
     from leanlm.serve.registry import ModelRegistry
 
@@ -118,7 +141,8 @@ def configure_logging(access_log: bool) -> None:
     log.propagate = False
 
 
-def _announce(names: List[str], host: str, port: int, config: ServeConfig, workers: int) -> None:
+def _announce(names: List[str], host: str, port: int, config: ServeConfig, workers: int,
+              unit: str = "workers") -> None:
     typer.echo(f"leanlm serve: {', '.join(names)} on http://{host}:{port} (max_batch={config.max_batch}, "
                f"max_wait_ms={config.max_wait_ms:g}, max_queue={config.max_queue}"
-               + (f", workers={workers})" if workers > 1 else ")"), err=True)
+               + (f", {unit}={workers})" if workers > 1 or unit != "workers" else ")"), err=True)

@@ -24,6 +24,10 @@ class ServeConfig(BaseConfig):
         max_new_tokens: most tokens one completion may generate (a request's max_tokens is checked against it).
         timeout_s: a request still waiting or running after this long gets 504.
         warmup: run one tiny request per model before reporting ready.
+        knowledge_base: passages for /v1/answer without a context (a .txt/.jsonl/SQuAD .json file, a
+            directory of them, or a saved `leanlm.index` directory); see `leanlm.serve.knowledge`.
+        embedder: the model that embeds the knowledge base and the questions (a served model's
+            name, a directory or a bundled name; default: the only served embedding model, else minilm-l6).
 
     Example:
         >>> app = create_app(ModelRegistry.load(["runs/sentiment"], ServeConfig(max_batch=16, api_key="s3cret")))
@@ -40,6 +44,8 @@ class ServeConfig(BaseConfig):
     max_new_tokens: int = 512
     timeout_s: float = 60.0
     warmup: bool = True
+    knowledge_base: Optional[str] = None
+    embedder: Optional[str] = None
 
     def validate(self) -> None:
         for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens", "max_texts",
@@ -53,3 +59,7 @@ class ServeConfig(BaseConfig):
               f"timeout_s must be > 0, got {self.timeout_s!r}")
         check(self.api_key is None or (isinstance(self.api_key, str) and self.api_key.strip() != ""),
               "api_key must be a non-empty string when given")
+        for name in ("knowledge_base", "embedder"):
+            value = getattr(self, name)
+            check(value is None or (isinstance(value, str) and value.strip() != ""),
+                  f"{name} must be a non-empty string when given")

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from fastapi import APIRouter, Request
@@ -31,16 +31,18 @@ MAX_ANSWER_TOKENS = 30  # the default span cap; SQuAD answers are rarely longer
 
 
 class AnswerRequest(_Request):
-    """POST /v1/answer: {"model", "question", "context", "max_answer_tokens"}."""
+    """POST /v1/answer: {"model", "question", "context", "max_answer_tokens", "top_k"}; without a
+    context the server's knowledge base supplies the `top_k` nearest passages (leanlm.serve.knowledge)."""
 
     question: str
-    context: str
+    context: Optional[str] = None
     max_answer_tokens: int = Field(MAX_ANSWER_TOKENS, ge=1, le=512)
+    top_k: int = Field(3, ge=1, le=20)
 
     @field_validator("question", "context")
     @classmethod
-    def _nonempty(cls, v: str) -> str:
-        if not v.strip():
+    def _nonempty(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not v.strip():
             raise ValueError("must not be empty")
         return v
 
@@ -164,6 +166,10 @@ async def answer(request: Request) -> dict[str, Any]:
     """The answer span to a question in a context: {"model", "question", "context"} -> {answer, score, start, end}."""
     reg = request.app.state.registry
     req = await parse(request, AnswerRequest, reg.config.max_body_bytes)
+    if req.context is None:
+        from leanlm.serve.knowledge import answer as from_knowledge
+
+        return await from_knowledge(request, req)
     served: ServedModel = reg.get(req.model, "answer")
     item = windows(served.tokenizer, req.question, req.context, token_limit(served.model, reg.config),
                    req.max_answer_tokens, max_windows=reg.config.max_texts)

@@ -106,7 +106,7 @@ def test_concurrent_questions_batch_and_get_their_own_answers(app):
 
 @pytest.mark.parametrize("body, status, code", [
     ({"model": "qa", "question": " ", "context": CONTEXT}, 400, "invalid_value"),
-    ({"model": "qa", "question": "Who?"}, 400, "invalid_value"),
+    ({"model": "qa", "question": "Who?"}, 400, "missing_context"),  # no --knowledge-base to fall back on
     ({"model": "qa", "question": "Who?", "context": 3}, 400, "invalid_value"),
     ({"model": "qa", "question": "Who? " * 40, "context": CONTEXT}, 400, "context_length_exceeded"),
     ({"model": "qa", "question": "Who?", "context": CONTEXT * 40}, 400, "context_length_exceeded"),
