@@ -99,8 +99,8 @@ class _KVWrapper(torch.nn.Module):
             layer.lazy_initialization(past[2 * i], past[2 * i + 1])
             layer.keys, layer.values = past[2 * i], past[2 * i + 1]
         out = self.module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=cache, use_cache=True, return_dict=True)
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+                          cache=cache, use_cache=True, return_dict=True)
+        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
 
 

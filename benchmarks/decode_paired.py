@@ -93,19 +93,26 @@ class Row:
 
 
 def hf_static_compile(lm: Any, ids: torch.Tensor, s: Settings) -> Callable[[int], list[int]]:
-    """transformers `generate` with its static cache and, if s.compile, the forward torch.compiled.
+    """transformers `generate` with a static cache and, if s.compile, its forward torch.compiled (HF's docs).
 
-    On a copy of the module: the compiled forward must not leak into the plain `generate` row.
+    One StaticCache sized for the longest run and reset before each: every run then has the same two
+    shapes (prompt prefill, 1-token decode), so nothing recompiles after warm-up. On a copy of the
+    module: the compiled forward must not leak into the plain `generate` row.
     """
+    from transformers import StaticCache
+
     module = copy.deepcopy(lm.module)
     if s.compile:
         module.forward = torch.compile(module.forward, mode=s.hf_compile_mode, fullgraph=True)
+    cache = StaticCache(config=module.config, max_cache_len=ids.numel() + s.tokens + 1)
     x = ids[None].to(lm.device)
-    kw = dict(do_sample=False, cache_implementation="static", pad_token_id=lm.tokenizer.eos_token_id)
 
     @torch.inference_mode()
     def run(n: int) -> list[int]:
-        return module.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)[0, ids.numel():].tolist()
+        cache.reset()
+        out = module.generate(x, cache=cache, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              pad_token_id=lm.tokenizer.eos_token_id)
+        return out[0, ids.numel():].tolist()
 
     return run
 
