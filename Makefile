@@ -51,6 +51,11 @@ LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX=$(call cpu_has,avx) -DGGML_AVX2=$
 	-DGGML_AVX512=$(call cpu_has,avx512f) -DGGML_AVX512_VBMI=$(call cpu_has,avx512vbmi) \
 	-DGGML_AVX512_VNNI=$(call cpu_has,avx512_vnni) -DGGML_AVX512_BF16=$(call cpu_has,avx512_bf16) \
 	-DGGML_AVX_VNNI=$(call cpu_has,avx_vnni) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+# --no-deps keeps the resolver away from torch; its own runtime deps (from its package metadata)
+# are installed explicitly, else `import llama_cpp` fails on diskcache. CMAKE_BUILD_PARALLEL_LEVEL
+# caps the compile jobs on a shared machine, e.g. `make llamacpp LLAMACPP_JOBS=1`.
+LLAMACPP_DEPS := 'typing-extensions>=4.5.0' 'numpy>=1.20.0' 'diskcache>=5.6.1' 'jinja2>=2.11.3'
+LLAMACPP_JOBS ?= 2
 llamacpp: setup
 	$(PIP) install -q $(LLAMACPP_DEPS)
 	CMAKE_BUILD_PARALLEL_LEVEL=$(LLAMACPP_JOBS) CMAKE_ARGS="$(LLAMACPP_CMAKE)" \
