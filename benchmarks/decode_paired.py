@@ -261,6 +261,11 @@ def summarize(rows: dict[str, Row], timings: dict, qual: dict) -> list[dict]:
             r[key] = float(np.median(values))
         res.append(r)
     by = {r["name"]: r for r in res}
+    plain = timings.get("transformers fp32 generate", {}).get("tokens")
+    for r in res:  # leading greedy tokens identical to plain transformers (float rows: all of them)
+        mine = timings[r["name"]].get("tokens")
+        if plain and mine:
+            r["same_tokens_as_plain"] = next((i for i, (a, b) in enumerate(zip(mine, plain)) if a != b), len(plain))
     base = by.get(BASELINE)
     for r in res:
         if base:

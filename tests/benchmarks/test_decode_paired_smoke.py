@@ -44,6 +44,7 @@ def test_every_row_is_measured_or_skipped_with_a_reason(report):
         assert "kld" in r["quality"] or "error" in r["quality"]
     base = next(r for r in doc["rows"] if r["name"] == dp.BASELINE)
     assert base["x_baseline"] == pytest.approx(1.0) and base["quality"]["reference"]
+    assert base["same_tokens_as_plain"] == 6  # the static-cache baseline decodes what plain generate does
 
 
 def test_peers_get_same_bits_ratios_and_their_own_metrics(report):
