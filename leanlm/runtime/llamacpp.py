@@ -1,4 +1,4 @@
-"""llama.cpp as a peer runtime for decoders (optional extra: `pip install llama-cpp-python`).
+"""llama.cpp as a peer runtime for decoders (optional extra: `make llamacpp`).
 
 A thin wrapper over llama-cpp-python's low-level `eval` loop, so prefill and per-token decode are
 timed the same way as our own decoders (greedy argmax on the returned logits), and so its
@@ -22,20 +22,73 @@ import torch
 from leanlm.errors import ArtifactError, UnsupportedError
 
 
+INSTALL = "make llamacpp (builds llama-cpp-python ~12 min on 2 cores, installs its dependencies)"
+# llama.cpp file types by the names its `llama-quantize` tool uses (llama.h's LLAMA_FTYPE_MOSTLY_*)
+FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+          "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+
+
 def _llama_cpp() -> Any:
     try:
         import llama_cpp
-    except ImportError:
-        raise UnsupportedError("llama.cpp runtime needs llama-cpp-python: pip install llama-cpp-python "
-                               "(compiles llama.cpp; ~12 minutes on 2 cores)") from None
+    except ImportError as e:
+        # `make llamacpp` installs it with --no-deps: a missing dependency (diskcache, jinja2, ...)
+        # must be named as such, not reported as llama-cpp-python itself being absent
+        missing = (e.name or "").split(".")[0]
+        if not available():
+            raise UnsupportedError(f"llama.cpp runtime needs llama-cpp-python: {INSTALL}") from None
+        if missing and missing != "llama_cpp":
+            raise UnsupportedError(f"llama-cpp-python is installed but its dependency {missing!r} is missing: "
+                                   f"pip install {missing.replace('_', '-')}") from None
+        raise UnsupportedError(f"llama-cpp-python is installed but does not import: {e}") from None
+    except OSError as e:  # the bundled libllama.so failed to load (wrong CPU build, missing libgomp, ...)
+        raise UnsupportedError(f"llama-cpp-python is installed but its native library does not load: {e}") from None
     return llama_cpp
 
 
 def available() -> bool:
-    """True if llama-cpp-python is installed (without importing it)."""
+    """True if llama-cpp-python is installed (without importing it; see `unavailable_reason`)."""
     import importlib.util
 
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+def unavailable_reason() -> str | None:
+    """None if llama-cpp-python imports, else the one-line reason (what is missing and how to fix it)."""
+    try:
+        _llama_cpp()
+    except UnsupportedError as e:
+        return str(e)
+    return None
+
+
+def quantize_gguf(src: str | os.PathLike, dst: str | os.PathLike, type: str, threads: int | None = None) -> Path:
+    """Quantize a float GGUF with llama.cpp's own quantizer (what `llama-quantize src dst TYPE` does).
+
+    Args:
+        src: an F32/F16 GGUF file (e.g. from `leanlm.export.gguf.export_gguf(..., "f32")`).
+        dst: output .gguf file.
+        type: "q8_0", "q4_0", "q4_1" or "Q4_K_M" (llama.cpp's tensor mix for that file type).
+        threads: quantizer threads (default: torch's thread count).
+
+    Example:
+        >>> quantize_gguf("model-f32.gguf", "model-Q4_K_M.gguf", "Q4_K_M")
+    """
+    import ctypes
+
+    from leanlm.errors import did_you_mean
+
+    if type not in FTYPES:
+        raise UnsupportedError(did_you_mean(type, tuple(FTYPES), "llama.cpp file type"))
+    llama_cpp = _llama_cpp()
+    if not Path(src).exists():
+        raise ArtifactError(f"GGUF file {src} not found")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, FTYPES[type])
+    params.nthread = threads or torch.get_num_threads()
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params)) != 0:
+        raise ArtifactError(f"llama.cpp could not quantize {src} to {type}")
+    return Path(dst)
 
 
 class LlamaCpp:
