@@ -12,19 +12,15 @@ score the same token windows (logits), so speed and KL divergence are measured o
   `openvino_genai.LLMPipeline(dir, "CPU", INFERENCE_NUM_THREADS=threads)` with a greedy
   `GenerationConfig`; prefill and per-token times also come from GenAI's own `perf_metrics`.
 
-`ov_stateful_ir` below is a MINIMAL converter kept only so the GenAI peer can be built and tested
-on this branch: at merge it is replaced by the shared leanlm converter (branch dec-ov,
-`leanlm.runtime.openvino_decoder` / `leanlm.generate.openvino`), which `shared_converter` prefers.
+The GenAI folder is written by leanlm's converter (`genai_ir`), since optimum-intel would replace
+this torch; it does what optimum's export does (stateful KV cache, `beam_idx`), with NNCF at the
+weight settings in OV_WEIGHTS.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
 import shutil
 import sys
-import tempfile
-import warnings
-import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,8 +33,6 @@ GENAI_INSTALL = "pip install openvino-genai==2026.4.* openvino-tokenizers==2026.
 # nncf.compress_weights settings per weight format; int4 groups of 64 divide SmolLM2's 576 / 1536
 # widths (NNCF's usual 128 does not); what NNCF keeps at 8 bits (embeddings) is its own default
 OV_WEIGHTS = {"int8": {"mode": "INT8_ASYM"}, "int4": {"mode": "INT4_ASYM", "group_size": 64}}
-# where the shared OpenVINO decoder (branch dec-ov) may live; the first importable one wins
-SHARED_OV_MODULES = ("leanlm.runtime.openvino_decoder", "leanlm.generate.openvino")
 
 
 # --------------------------------------------------------------------------- llama.cpp
@@ -68,131 +62,28 @@ def _genai() -> Any:
     return openvino_genai
 
 
-def shared_converter() -> Callable[..., Path] | None:
-    """The shared leanlm decoder -> stateful OpenVINO IR converter, if this checkout has it."""
-    for name in SHARED_OV_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        for fn in ("export_genai", "export_ir", "to_openvino_ir"):
-            if hasattr(mod, fn):
-                return getattr(mod, fn)
-    return None
+def genai_ir(lm: Any, out: Path, weights: str) -> Path:
+    """`lm` -> a GenAI model folder `out` (stateful IR + openvino_tokenizers IRs), NNCF-compressed.
 
-
-class _KVWrapper(torch.nn.Module):
-    """forward(input_ids, attention_mask, position_ids, *past (k, v per layer)) -> (logits, *present)."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.module.config)
-        for i, layer in enumerate(cache.layers):
-            # set the tensors directly: DynamicLayer.update concatenates onto a 0-d placeholder,
-            # which OpenVINO's frontend cannot convert
-            layer.lazy_initialization(past[2 * i], past[2 * i + 1])
-            layer.keys, layer.values = past[2 * i], past[2 * i + 1]
-        out = self.module(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          cache=cache, use_cache=True, return_dict=True)
-        present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
-        return (out.logits, *present)
-
-
-def _make_stateful(ovm: Any, layers: int) -> None:
-    """Name the IR's ports as GenAI expects, add `beam_idx`, and move the KV cache into model state."""
-    import openvino as ov
-    import openvino.opset13 as ops
-    from openvino._offline_transformations import apply_make_stateful_transformation
-
-    for port, name in zip(ovm.inputs[:3], ("input_ids", "attention_mask", "position_ids")):
-        port.get_tensor().set_names({name})
-    ovm.outputs[0].get_tensor().set_names({"logits"})
-    pairs = {}
-    for i in range(layers):
-        for j, kind in enumerate(("key", "value")):
-            ovm.inputs[3 + 2 * i + j].get_tensor().set_names({f"past_key_values.{i}.{kind}"})
-            ovm.outputs[1 + 2 * i + j].get_tensor().set_names({f"present.{i}.{kind}"})
-            pairs[f"past_key_values.{i}.{kind}"] = f"present.{i}.{kind}"
-    beam = ops.parameter([-1], ov.Type.i32, name="beam_idx")
-    beam.output(0).get_tensor().set_names({"beam_idx"})
-    for param in ovm.get_parameters()[3:]:  # reorder the cache by beam (identity for greedy)
-        users = list(param.output(0).get_target_inputs())
-        gathered = ops.gather(param, beam, ops.constant(0))
-        for user in users:
-            user.replace_source_output(gathered.output(0))
-    ovm.add_parameters([beam])
-    ovm.validate_nodes_and_infer_types()
-    apply_make_stateful_transformation(ovm, pairs)
-    # each state starts as zeros of shape (batch, kv heads, 0, head dim)
-    batch = ops.gather(ops.shape_of(ovm.input("input_ids"), output_type="i64"), ops.constant([0]), ops.constant(0))
-    for op in ovm.get_ops():
-        if op.get_type_name() == "ReadValue":
-            dims = [d.get_min_length() for d in op.get_output_partial_shape(0)]
-            shape = ops.concat([batch] + [ops.constant(np.array([d], dtype=np.int64)) for d in dims[1:]], axis=0)
-            op.set_arguments([ops.broadcast(ops.constant(0.0, dtype=op.get_output_element_type(0)), shape)])
-    ovm.validate_nodes_and_infer_types()
-
-
-# module -> its float stateful ov.Model: converted once, compressed once per weight format
-_FLOAT_IR: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
-
-
-def _stateful_float(lm: Any) -> Any:
-    import openvino as ov
-
-    if lm.module in _FLOAT_IR:
-        return _FLOAT_IR[lm.module]
-    cfg = lm.module.config
-    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    past_len, new = 3, 4  # any example lengths: every dimension but heads / head_dim is dynamic
-    example = (torch.ones(1, new, dtype=torch.long), torch.ones(1, past_len + new, dtype=torch.long),
-               torch.arange(past_len, past_len + new)[None],
-               *[torch.zeros(1, kv, past_len, head_dim) for _ in range(2 * cfg.num_hidden_layers)])
-    # tracing warnings (python control flow on shapes) are noise here
-    with torch.no_grad(), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ovm = ov.convert_model(_KVWrapper(lm.module).eval(), example_input=example)
-    _make_stateful(ovm, cfg.num_hidden_layers)
-    _FLOAT_IR[lm.module] = ovm
-    return ovm
-
-
-def ov_stateful_ir(lm: Any, out: Path, weights: str) -> Path:
-    """MINIMAL converter (replaced by the shared one at merge): `lm` -> GenAI model folder `out`.
+    The conversion is leanlm's (`leanlm.generate.openvino.to_openvino`: `ov.convert_model`, a
+    `beam_idx` input and the KV cache made model state, as optimum-intel's export does) because
+    optimum-intel itself would replace this torch; the weights follow OV_WEIGHTS, not our choices.
 
     Args:
-        lm: a causal-lm LeanModel (Hugging Face Llama-family module).
-        out: folder to write (openvino_model.xml, tokenizer/detokenizer IRs, config.json).
-        weights: "int8" or "int4" (NNCF weight compression, see OV_WEIGHTS).
+        lm: a float causal-lm LeanModel (Llama family).
+        out: folder to (re)write.
+        weights: "int8" or "int4".
     """
     _genai()
-    shared = shared_converter()
-    if shared is not None:
-        return Path(shared(lm, out, weights=weights))
-    import nncf
-    import openvino as ov
-    from openvino_tokenizers import convert_tokenizer
+    from leanlm.generate.openvino import OpenVinoDecoder, to_openvino
 
     opts = OV_WEIGHTS[weights]
+    config = OpenVinoDecoder(weights=weights, mode="asym", group_size=opts.get("group_size", -1) if weights == "int4" else 128,
+                             group_fallback="error")
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress tables: keep stdout for the results
-        ovm = nncf.compress_weights(_stateful_float(lm).clone(), mode=getattr(nncf.CompressWeightsMode, opts["mode"]),
-                                    **{k: v for k, v in opts.items() if k != "mode"})
-    tmp = Path(tempfile.mkdtemp(prefix=".ov-", dir=out.parent))
-    ov.save_model(ovm, tmp / "openvino_model.xml")
-    tok, detok = convert_tokenizer(lm.tokenizer, with_detokenizer=True)
-    cfg = lm.module.config
-    ov.save_model(tok, tmp / "openvino_tokenizer.xml")
-    ov.save_model(detok, tmp / "openvino_detokenizer.xml")
-    cfg.save_pretrained(tmp)
+        converted = to_openvino(lm, config)
     shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    converted.save(out)
     return out
 
 
@@ -222,24 +113,21 @@ def genai_run(pipe: Any, ids: torch.Tensor, metrics: dict) -> Callable[[int], li
     return run
 
 
-def ov_ir_logits(ir_dir: str | Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """ids (T,) -> logits (T, V) of the same IR GenAI runs, in one fresh-state OpenVINO request.
+def ov_ir_logits(ir_dir: Any, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ids (T,) -> logits (T, V) of an OpenVINO decoder folder (or LeanModel), one fresh-state call.
 
-    OpenVINO's CPU defaults (bf16 inference where the CPU has it) as in GenAI; GenAI's own KV-cache
-    precision does not enter, since the whole window is one forward.
+    For a GenAI folder these are the logits of the very IR GenAI runs.
+
+    Compiled with the plugin defaults GenAI gets (bf16 inference where the CPU has it); GenAI's
+    own KV-cache precision does not enter, since the whole window is one forward.
     """
-    import openvino as ov
+    from leanlm.generate.openvino import ov_decoder
 
-    compiled = ov.Core().compile_model(str(Path(ir_dir) / "openvino_model.xml"), "CPU",
-                                       {"INFERENCE_NUM_THREADS": threads})
-    req = compiled.create_infer_request()
+    dec = ov_decoder(ir_dir, threads=threads)
 
     def logits(ids: torch.Tensor) -> torch.Tensor:
-        x = ids[None].numpy().astype(np.int64)
-        req.reset_state()
-        req.infer({"input_ids": x, "attention_mask": np.ones_like(x), "position_ids": np.arange(x.shape[1])[None],
-                   "beam_idx": np.zeros(1, dtype=np.int32)})
-        return torch.from_numpy(np.array(req.get_tensor("logits").data[0], dtype=np.float32))
+        dec.reset(int(ids.shape[0]))
+        return dec.forward(ids, all_logits=True)
 
     return logits
 
@@ -247,13 +135,7 @@ def ov_ir_logits(ir_dir: str | Path, threads: int) -> Callable[[torch.Tensor], t
 # --------------------------------------------------------------------------- leanlm's own OpenVINO decoder
 
 def leanlm_ov_decoder() -> Callable[..., Any]:
-    """`ov_decoder` from the shared leanlm OpenVINO decoder module (branch dec-ov), or UnsupportedError."""
-    for name in SHARED_OV_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(mod, "ov_decoder"):
-            return mod.ov_decoder
-    raise UnsupportedError(f"leanlm OpenVINO decoder not in this checkout (none of {', '.join(SHARED_OV_MODULES)} "
-                           "has ov_decoder; branch dec-ov)")
+    """leanlm's own OpenVINO decoder factory (`leanlm.generate.openvino.ov_decoder`)."""
+    from leanlm.generate.openvino import ov_decoder
+
+    return ov_decoder

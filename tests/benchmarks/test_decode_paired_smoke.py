@@ -62,7 +62,9 @@ def test_files_and_last_line_is_the_verdict(report, capsys):
     out, doc = report
     md = (out / "decode-paired.md").read_text()
     assert md.rstrip().splitlines()[-1] == doc["verdict"] and doc["verdict"].startswith("VERDICT: ")
-    assert "dec-ov" in md  # the leanlm OpenVINO rows say why they are missing (until that branch merges)
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert "leanlm OpenVINO int8" in rows or "leanlm OpenVINO int8" in doc["skipped"]
+    assert "leanlm OpenVINO int8" in md
 
 
 def test_missing_genai_is_skipped_not_a_crash(monkeypatch, tiny_lm, tmp_path):
