@@ -28,7 +28,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ class CausalLm(BaseConfig):
         >>> CausalLm(layers=6, hidden=384, heads=6, kv_heads=2, seq_len=256, batch_size=8)
     """
 
+    tokenizer_kind: ClassVar[str] = "bpe"  # what `leanlm pretrain --tokenizer train` trains for it
     layers: int = 4
     hidden: int = 256
     heads: int = 4

@@ -16,6 +16,14 @@ from typing import Optional
 import typer
 
 
+def summary(metrics: dict) -> str:
+    """One line of every held-out metric measured before and after training (any objective)."""
+    parts = [f"{k.removeprefix('heldout_').replace('_', ' ').replace('mlm', 'MLM').replace('nsp', 'NSP')} {metrics[k + '_start']:.3f} -> {v:.3f}" for k, v in metrics.items()
+             if not k.endswith("_start") and k + "_start" in metrics]
+    steps = f" ({int(metrics['steps'])} steps)" if "steps" in metrics else ""
+    return "held-out " + ", ".join(parts) + steps
+
+
 def register(app: typer.Typer) -> None:
     @app.command("pretrain", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
     def pretrain_cmd(
@@ -69,10 +77,7 @@ def register(app: typer.Typer) -> None:
             torch.set_num_threads(threads)
         m = pretrain(config, corpus, out, tokenizer=tokenizer, vocab_size=vocab_size, loop=loop, init=init,
                      overwrite=overwrite)
-        p = m.record.metrics["pretrain"]
-        nsp = f", NSP accuracy {p['nsp_accuracy_start']:.3f} -> {p['nsp_accuracy']:.3f}" if "nsp_accuracy" in p else ""
-        typer.echo(f"held-out MLM loss {p['mlm_loss_start']:.3f} -> {p['mlm_loss']:.3f}, MLM accuracy "
-                   f"{p['mlm_accuracy_start']:.3f} -> {p['mlm_accuracy']:.3f}{nsp} ({int(p['steps'])} steps) -> {out}")
+        typer.echo(f"{summary(m.record.metrics['pretrain'])} -> {out}")
 
     @app.command("tokenizer")
     def tokenizer_cmd(

@@ -15,7 +15,7 @@ ROOT = Path(leanlm.__file__).parent
 # Lowest first (DESIGN.md section 2). Packages on one floor may use each other.
 FLOORS = {
     "errors": 0, "config": 0, "artifact": 0, "shapes": 0,
-    "data": 1, "models": 1,
+    "data": 1, "models": 1, "index": 1,
     "runtime": 2, "generate": 2, "export": 2,
     "compress": 3, "train": 3,
     "bench": 4,
