@@ -132,7 +132,8 @@ def chunks(tokdocs: list[list[list[int]]], max_tokens: int) -> list[tuple[int, l
         n = 0
         for s in sents:
             if cur and n + len(s) > max_tokens:
-                out.append((d, cur))
+                if n >= 2:  # a one-token chunk (a lone heading) cannot be split into an A/B pair
+                    out.append((d, cur))
                 cur, n = [], 0
             cur.append(s)
             n += len(s)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,7 +83,8 @@ def read_corpus(corpus: str | os.PathLike | Sequence[str]) -> tuple[list[str], l
                 raise DataError(f"{path} has no .txt files to pre-train on")
             docs = [t for t in (_read_text_file(p).strip() for p in files) if t]
         elif path.is_file():
-            docs = [d.strip() for d in _read_text_file(path).replace("\r\n", "\n").split("\n\n") if d.strip()]
+            # documents are separated by blank lines (a line of only spaces counts, as in WikiText)
+            docs = [d.strip() for d in re.split(r"\n[ \t]*\n", _read_text_file(path).replace("\r\n", "\n")) if d.strip()]
         else:
             raise DataError(f"corpus {corpus!s} is neither a bundled text corpus ({', '.join(TEXT_CORPORA)}) "
                             "nor a file or directory")
