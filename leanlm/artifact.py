@@ -210,7 +210,8 @@ class LeanModel:
     """A loaded model directory: the module (or a runtime session), tokenizer and record.
 
     Calling it with tokenized inputs returns the task's primary output tensor: logits for
-    sequence-classification and causal-lm, last hidden states for feature-extraction.
+    sequence-classification and causal-lm, last hidden states for feature-extraction, and for
+    question-answering the span logits (B, T, 2): [..., 0] start, [..., 1] end.
     """
 
     def __init__(self, module: Any, tokenizer: Any, record: Record, runner: Any = None):
@@ -261,6 +262,8 @@ class LeanModel:
     @torch.inference_mode()
     def __call__(self, **batch: torch.Tensor) -> torch.Tensor:
         out = self.runner(**batch)
+        if self.task == "question-answering":  # two outputs on every backend; one tensor for callers
+            return torch.stack(span_logits(out), dim=-1)
         return primary_output(out)
 
     @torch.inference_mode()
@@ -305,6 +308,8 @@ def primary_output(out: Any) -> torch.Tensor:
     """The tensor a task cares about from a model output (HF ModelOutput, tuple or tensor)."""
     if isinstance(out, torch.Tensor):
         return out
+    if getattr(out, "start_logits", None) is not None:  # question answering: (B, T, 2) span logits
+        return torch.stack(span_logits(out), dim=-1)
     for key in ("logits", "prediction_logits", "last_hidden_state"):
         value = getattr(out, key, None)
         if value is None and isinstance(out, dict):
@@ -314,6 +319,25 @@ def primary_output(out: Any) -> torch.Tensor:
     if isinstance(out, (tuple, list)):
         return out[0]
     raise ArtifactError(f"cannot find a primary output in {type(out).__name__}")
+
+
+def span_logits(out: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(start_logits, end_logits), each (B, T), of a question-answering output.
+
+    Accepts what each backend returns: an HF ModelOutput (PyTorch), a (start, end) tuple (ONNX
+    Runtime and OpenVINO sessions, whose graphs have the two outputs in that order) or the
+    stacked (B, T, 2) tensor `LeanModel.__call__` returns.
+    """
+    start = getattr(out, "start_logits", None)
+    if start is not None:
+        return start, out.end_logits
+    if isinstance(out, torch.Tensor):
+        if out.ndim < 1 or out.shape[-1] != 2:
+            raise ArtifactError(f"span logits must end in a dimension of 2 (start, end), got shape {tuple(out.shape)}")
+        return out[..., 0], out[..., 1]
+    if isinstance(out, (tuple, list)) and len(out) >= 2:
+        return out[0], out[1]
+    raise ArtifactError(f"cannot find start and end logits in {type(out).__name__}")
 
 
 def replay_restores(module: torch.nn.Module, record: Record) -> None:

@@ -27,6 +27,13 @@ def tiny_emb():
 
 
 @pytest.fixture(scope="session")
+def tiny_qa():
+    from leanlm.models.tiny import tiny_encoder
+
+    return tiny_encoder("question-answering")
+
+
+@pytest.fixture(scope="session")
 def tiny_lm():
     from leanlm.models.tiny import tiny_decoder
 

@@ -22,23 +22,36 @@ def _load(name: str):
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
-        model: str = typer.Argument(..., help="A classifier model directory."),
-        dataset: str = typer.Option("movie-snippets", help="Dataset name or .csv/.jsonl file (its test split)."),
+        model: str = typer.Argument(..., help="A classifier or question-answering model directory."),
+        dataset: Optional[str] = typer.Option(None, help="Dataset name or .csv/.jsonl/SQuAD .json file (its test split; "
+                                              "default movie-snippets, squad for question-answering models)."),
         seed: int = typer.Option(0, help="Split seed (the same seed gives the same test split)."),
         batch_size: int = typer.Option(32, help="Texts per forward pass."),
-        max_length: int = typer.Option(128, help="Truncate texts to this many tokens."),
+        max_length: Optional[int] = typer.Option(None, help="Truncate texts to this many tokens (default 128; "
+                                                  "question answering: window length, 384)."),
+        stride: int = typer.Option(128, help="Question answering: tokens shared by consecutive windows."),
         limit: Optional[int] = typer.Option(None, help="Evaluate only the first N test examples."),
         as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
     ) -> None:
-        """Accuracy, macro F1 and confusion matrix of a classifier on a dataset's test split."""
+        """Accuracy, macro F1 and confusion matrix of a classifier, or SQuAD exact match and F1 of a
+        question-answering model, on a dataset's test split (any backend: torch, onnxruntime, openvino)."""
+        from leanlm.artifact import read_record
         from leanlm.bench.evaluate import evaluate
         from leanlm.data import load_splits
 
+        p = Path(model).expanduser()
+        qa = p.is_dir() and (p / "leanlm.json").exists() and read_record(p, verify=False).task == "question-answering"
+        dataset = dataset or ("squad" if qa else "movie-snippets")
         test = load_splits(dataset, seed=seed).test  # unknown dataset fails before the model loads
         m = _load(model)
-        res = evaluate(m, test, batch_size=batch_size, max_length=max_length, limit=limit)
+        res = evaluate(m, test, batch_size=batch_size, max_length=max_length or (384 if qa else 128), limit=limit,
+                       stride=stride)
         if as_json:
             typer.echo(json.dumps(res))
+            return
+        if m.task == "question-answering":
+            typer.echo(f"{model} ({m.backend}) on {dataset} (seed {seed}, test articles, n={res['n']}): "
+                       f"exact match {res['exact_match']:.2f}  F1 {res['f1']:.2f}")
             return
         typer.echo(f"{model} on {dataset} (seed {seed}, test split, n={res['n']}): "
                    f"accuracy {100 * res['accuracy']:.2f}%  macro-F1 {100 * res['macro_f1']:.2f}%")

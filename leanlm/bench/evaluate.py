@@ -31,11 +31,13 @@ def _model(model: LeanModel | str) -> LeanModel:
 def _test_split(data: Any, seed: int = 0) -> Any:
     from leanlm.data import TextDataset, load_splits
 
+    from leanlm.data.squad import QADataset
+
     if isinstance(data, str):
         return load_splits(data, seed=seed).test
     data = getattr(data, "test", data)  # Splits -> test split
-    if not isinstance(data, TextDataset):
-        raise DataError(f"evaluate needs a dataset name, Splits or TextDataset, got {type(data).__name__}")
+    if not isinstance(data, (TextDataset, QADataset)):
+        raise DataError(f"evaluate needs a dataset name, Splits, TextDataset or QADataset, got {type(data).__name__}")
     return data
 
 
@@ -75,20 +77,24 @@ def evaluate(
     max_length: int = 128,
     limit: int | None = None,
     seed: int = 0,
+    stride: int = 128,
 ) -> dict[str, Any]:
-    """Accuracy, macro F1 and the confusion matrix of a classifier on a dataset's test split.
+    """Accuracy, macro F1 and the confusion matrix of a classifier on a dataset's test split;
+    SQuAD exact match and F1 of a question-answering model.
 
     Args:
-        model: a sequence-classification LeanModel (any backend) or a model directory.
+        model: a sequence-classification or question-answering LeanModel (any backend) or a model directory.
         data: a TextDataset, a Splits (its test split is used) or a dataset name/file
             (its test split from `leanlm.data.load_splits(name, seed=seed)`).
         batch_size: texts per forward pass.
-        max_length: truncate texts to this many tokens.
+        max_length: truncate texts to this many tokens (question answering: window length).
         limit: evaluate only the first `limit` examples.
         seed: split seed when `data` is a name.
+        stride: question answering: tokens shared by consecutive windows of a long context.
 
     Returns:
-        {"accuracy", "macro_f1", "n", "confusion" (rows = true label, columns = predicted), "labels"}.
+        {"accuracy", "macro_f1", "n", "confusion" (rows = true label, columns = predicted), "labels"};
+        for question answering {"exact_match", "f1" (percent, SQuAD's official normalisation), "n", "examples"}.
 
     Example:
         >>> leanlm.evaluate("runs/sentiment", "movie-snippets")
@@ -99,17 +105,29 @@ def evaluate(
     if model.task == "causal-lm":
         raise UnsupportedError("evaluate covers classifiers; for causal-lm models use leanlm.bench.lm "
                                "(perplexity(model), compare(model, reference) for KL divergence)")
-    if model.task != "sequence-classification":
-        raise UnsupportedError(f"evaluate needs a sequence-classification model; this one is {model.task} "
-                               "(for embeddings use leanlm.bench.evaluate.embedding_fidelity)")
+    if model.task not in ("sequence-classification", "question-answering"):
+        raise UnsupportedError(f"evaluate needs a sequence-classification or question-answering model; this one is "
+                               f"{model.task} (for embeddings use leanlm.bench.evaluate.embedding_fidelity)")
     test = _test_split(data, seed)
     if limit is not None:
         if not isinstance(limit, int) or limit < 1:
             raise LeanlmError(f"limit must be an integer >= 1, got {limit!r}")
         test = test.head(limit)
+    if model.task == "question-answering":
+        return _evaluate_qa(model, test, batch_size, max_length, stride)
     _label_map(model, test.label_names)  # fail on a label mismatch before running anything
     preds = _predict(model, test.texts, batch_size, max_length)
     return evaluate_predictions(model, test, preds)
+
+
+def _evaluate_qa(model: LeanModel, test: Any, batch_size: int, max_length: int, stride: int) -> dict[str, Any]:
+    from leanlm.data.qa import evaluate_answers
+    from leanlm.data.squad import QADataset
+
+    if not isinstance(test, QADataset):
+        raise DataError(f"{test.name} is classification data; a question-answering model needs SQuAD-format data "
+                        "(the squad dataset or a SQuAD .json file)")
+    return evaluate_answers(model, test.examples, max_length=max_length, stride=stride, batch_size=batch_size)
 
 
 def agreement(reference: LeanModel, model: LeanModel, texts: Sequence[str], batch_size: int = 32,

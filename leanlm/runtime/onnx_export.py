@@ -32,11 +32,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from leanlm.artifact import LeanModel, primary_output
+from leanlm.artifact import LeanModel, primary_output, span_logits
 from leanlm.errors import ArtifactError, UnsupportedError
 
-ENCODER_TASKS = ("sequence-classification", "feature-extraction")
-OUTPUT_NAMES = {"sequence-classification": "logits", "feature-extraction": "last_hidden_state"}
+ENCODER_TASKS = ("sequence-classification", "feature-extraction", "question-answering")
+# graph outputs per task, in order; runtimes return a tuple when a task has several
+OUTPUT_NAMES = {"sequence-classification": ("logits",), "feature-extraction": ("last_hidden_state",),
+                "question-answering": ("start_logits", "end_logits")}
 DEFAULT_OPSET = 17
 # config.model_type -> ORT transformer optimizer model_type (encoders whose fusions it knows)
 _ORT_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "electra": "bert",
@@ -76,16 +78,22 @@ def input_names(model: LeanModel) -> list[str]:
     return names
 
 
-class _Wrapped(torch.nn.Module):
-    """Positional inputs -> the task's primary output tensor (the exporters want plain tensors)."""
+def task_outputs(task: str, out: Any) -> tuple[torch.Tensor, ...]:
+    """A PyTorch output as the task's graph outputs (OUTPUT_NAMES order)."""
+    return span_logits(out) if task == "question-answering" else (primary_output(out),)
 
-    def __init__(self, module: torch.nn.Module, names: Sequence[str]):
+
+class _Wrapped(torch.nn.Module):
+    """Positional inputs -> the task's output tensors (the exporters want plain tensors)."""
+
+    def __init__(self, module: torch.nn.Module, names: Sequence[str], task: str):
         super().__init__()
         self.module = module
         self.names = list(names)
+        self.task = task
 
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return primary_output(self.module(**dict(zip(self.names, args)), return_dict=True))
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return task_outputs(self.task, self.module(**dict(zip(self.names, args)), return_dict=True))
 
 
 def _eager_copy(model: LeanModel) -> torch.nn.Module:
@@ -136,7 +144,7 @@ def export_onnx(model: LeanModel, path: str | os.PathLike, opset: int = DEFAULT_
 
     Args:
         model: a float PyTorch encoder (sequence-classification -> `logits`,
-            feature-extraction -> `last_hidden_state`).
+            feature-extraction -> `last_hidden_state`, question-answering -> `start_logits`, `end_logits`).
         path: the .onnx file to write (parent directories are created).
         opset: ONNX opset, 17 or newer (LayerNormalization is a single op from 17).
         exporter: "torchscript" (fusable by ONNX Runtime), "dynamo", or "auto" (torchscript,
@@ -162,22 +170,22 @@ def _export(model: LeanModel, path: str | os.PathLike, opset: int, exporter: str
     path.parent.mkdir(parents=True, exist_ok=True)
     names = input_names(model)
     module = _eager_copy(model)
-    wrapped = _Wrapped(module, names).eval()
+    wrapped = _Wrapped(module, names, model.task).eval()
     # Trace on a padded batch so the attention-mask path is part of the graph.
     sample = _sample(model, _CHECK_TEXTS[:2], names)
-    out_name = OUTPUT_NAMES[model.task]
+    out_names = OUTPUT_NAMES[model.task]
     used = exporter
     with _quiet_export(), torch.no_grad():
         if exporter in ("auto", "torchscript"):
             try:
-                _export_torchscript(wrapped, sample, names, out_name, path, opset)
+                _export_torchscript(wrapped, sample, names, out_names, path, opset)
                 used = "torchscript"
             except (ImportError, AttributeError, TypeError) as e:
                 if exporter == "torchscript":
                     raise UnsupportedError(f"the TorchScript ONNX exporter failed: {e}") from e
                 used = "dynamo"
         if used == "dynamo":
-            _export_dynamo(wrapped, sample, names, out_name, path, opset)
+            _export_dynamo(wrapped, sample, names, out_names, path, opset)
     try:
         onnx.checker.check_model(str(path))
     except Exception as e:  # onnx raises its own ValidationError types
@@ -187,23 +195,24 @@ def _export(model: LeanModel, path: str | os.PathLike, opset: int, exporter: str
     return path, used
 
 
-def _export_torchscript(wrapped: torch.nn.Module, sample: dict, names: list[str], out_name: str, path: Path,
-                        opset: int) -> None:
+def _export_torchscript(wrapped: torch.nn.Module, sample: dict, names: list[str], out_names: Sequence[str],
+                        path: Path, opset: int) -> None:
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes[out_name] = {0: "batch"} if out_name == "logits" else {0: "batch", 1: "sequence"}
+    for out in out_names:  # (B, labels) for logits; (B, T, ...) for per-token outputs
+        axes[out] = {0: "batch"} if out == "logits" else {0: "batch", 1: "sequence"}
     torch.onnx.export(wrapped, tuple(sample[n] for n in names), str(path), input_names=names,
-                      output_names=[out_name], dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
+                      output_names=list(out_names), dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
                       dynamo=False)
 
 
-def _export_dynamo(wrapped: torch.nn.Module, sample: dict, names: list[str], out_name: str, path: Path,
+def _export_dynamo(wrapped: torch.nn.Module, sample: dict, names: list[str], out_names: Sequence[str], path: Path,
                    opset: int) -> None:
     batch, seq = torch.export.Dim("batch", min=1), torch.export.Dim("sequence", min=2)
     # forward(*args): the spec is one entry (for *args) holding one dict per input
     spec = (tuple({0: batch, 1: seq} for _ in names),)
     try:
         program = torch.onnx.export(wrapped, tuple(sample[n] for n in names), input_names=names,
-                                    output_names=[out_name], dynamic_shapes=spec, opset_version=opset,
+                                    output_names=list(out_names), dynamic_shapes=spec, opset_version=opset,
                                     dynamo=True, verbose=False)
     except Exception as e:  # torch.export raises many internal error types
         raise UnsupportedError(f"the dynamo ONNX exporter failed: {str(e).splitlines()[0][:300]}") from e
@@ -220,17 +229,19 @@ def verify_onnx(path: str | os.PathLike | bytes, model: LeanModel, module: torch
     src = path if isinstance(path, bytes) else str(path)
     session = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     graph_inputs = {i.name for i in session.get_inputs()}
-    run = lambda batch: session.run(None, {k: v.numpy() for k, v in batch.items() if k in graph_inputs})[0]  # noqa: E731
+    run = lambda batch: session.run(None, {k: v.numpy() for k, v in batch.items() if k in graph_inputs})  # noqa: E731
     return compare_with_torch(model, module if module is not None else model.module, run, "ONNX graph",
                               "; export with exporter='dynamo' or report this model", rtol, atol)
 
 
 def compare_with_torch(model: LeanModel, module: torch.nn.Module, run: Any, what: str, advice: str = "",
                        rtol: float = 1e-3, atol: float = 1e-3) -> float:
-    """Check a converted graph, `run(batch) -> numpy output`, against `module` on unseen-shape inputs.
+    """Check a converted graph, `run(batch) -> numpy outputs`, against `module` on unseen-shape inputs.
 
-    Returns the largest absolute difference; raises ArtifactError naming `what` (and `advice`) when
-    the shapes differ, the output is not finite, or it is off by more than atol + rtol * max|torch output|.
+    `run` returns the graph's outputs (a list, or one array), of which the first
+    `len(OUTPUT_NAMES[task])` are compared with the task's PyTorch outputs. Returns the largest
+    absolute difference; raises ArtifactError naming `what` (and `advice`) when the shapes differ,
+    an output is not finite, or one is off by more than atol + rtol * max|torch output|.
     """
     names = input_names(model)
     worst = 0.0
@@ -238,14 +249,19 @@ def compare_with_torch(model: LeanModel, module: torch.nn.Module, run: Any, what
     for texts in (_CHECK_TEXTS, _CHECK_TEXTS[2:]):
         batch = _sample(model, texts, names, max_length=128)
         with torch.no_grad():
-            ref = primary_output(module(**batch, return_dict=True)).float().numpy()
-        got = run(batch)
-        if got.shape != ref.shape:
-            raise ArtifactError(f"{what}: output shape {got.shape} differs from PyTorch {ref.shape}")
-        diff = float(np.abs(got - ref).max())
-        worst = max(worst, diff)
-        if not np.isfinite(got).all() or diff > atol + rtol * float(np.abs(ref).max()):
-            raise ArtifactError(f"{what} does not match PyTorch (max abs diff {diff:.3g}){advice}")
+            refs = [t.float().numpy() for t in task_outputs(model.task, module(**batch, return_dict=True))]
+        outs = run(batch)
+        outs = [outs] if isinstance(outs, np.ndarray) else list(outs)
+        if len(outs) < len(refs):
+            raise ArtifactError(f"{what}: {len(outs)} output(s), the task needs {len(refs)}")
+        for got, ref in zip(outs, refs):
+            got = np.asarray(got)
+            if got.shape != ref.shape:
+                raise ArtifactError(f"{what}: output shape {got.shape} differs from PyTorch {ref.shape}")
+            diff = float(np.abs(got - ref).max())
+            worst = max(worst, diff)
+            if not np.isfinite(got).all() or diff > atol + rtol * float(np.abs(ref).max()):
+                raise ArtifactError(f"{what} does not match PyTorch (max abs diff {diff:.3g}){advice}")
     return worst
 
 

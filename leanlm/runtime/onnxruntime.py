@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import torch
 from leanlm.artifact import LeanModel, Record
 from leanlm.errors import ArtifactError, UnsupportedError
 from leanlm.runtime import register_backend
-from leanlm.runtime.onnx_export import require_ort
+from leanlm.runtime.onnx_export import OUTPUT_NAMES, require_ort
 
 ONNX_FILE = "model.onnx"
 _NP_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
@@ -96,10 +96,24 @@ def to_feed(batch: dict[str, torch.Tensor], wanted: dict[str, Any]) -> dict[str,
     return feed
 
 
-class OrtRunner:
-    """An InferenceSession behind the PyTorch calling convention: `runner(**batch) -> torch.Tensor`."""
+def output_count(task: str) -> int:
+    """How many leading graph outputs a runner returns for `task`: 1 (a tensor) or more (a tuple)."""
+    return len(OUTPUT_NAMES.get(task, ("output",)))
 
-    def __init__(self, source: GraphSource, config: Any = None, threads: int | None = None):
+
+def as_outputs(arrays: Sequence[Any], count: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """One tensor, or a tuple of `count` tensors (question answering: start, end logits)."""
+    tensors = tuple(torch.from_numpy(np.asarray(a)) for a in arrays[:count])
+    return tensors[0] if count == 1 else tensors
+
+
+class OrtRunner:
+    """An InferenceSession behind the PyTorch calling convention: `runner(**batch) -> torch.Tensor`.
+
+    With `outputs` > 1 (question answering) it returns a tuple of the first `outputs` graph outputs.
+    """
+
+    def __init__(self, source: GraphSource, config: Any = None, threads: int | None = None, outputs: int = 1):
         ort = require_ort()
         self.source = source
         self.config = config  # HF config: LeanModel reads max_position_embeddings from it
@@ -115,17 +129,20 @@ class OrtRunner:
         except Exception as e:  # ORT raises its own exception types for invalid graphs
             raise ArtifactError(f"ONNX Runtime cannot load the graph: {str(e).splitlines()[0]}") from e
         self.inputs = {i.name: _NP_TYPES.get(i.type, np.int64) for i in self.session.get_inputs()}
-        self.output = self.session.get_outputs()[0].name
+        graph_outputs = [o.name for o in self.session.get_outputs()]
+        if len(graph_outputs) < outputs:
+            raise ArtifactError(f"the graph has {len(graph_outputs)} output(s); this task needs {outputs}")
+        self.outputs = graph_outputs[:outputs]
+        self.output = self.outputs[0]
 
-    def __call__(self, **batch: torch.Tensor) -> torch.Tensor:
-        out = self.session.run([self.output], to_feed(batch, self.inputs))[0]
-        return torch.from_numpy(out)
+    def __call__(self, **batch: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return as_outputs(self.session.run(self.outputs, to_feed(batch, self.inputs)), len(self.outputs))
 
     def __deepcopy__(self, memo: dict) -> "OrtRunner":
         import copy
 
         # Sessions cannot be copied; the graph bytes are immutable, so a new session shares them.
-        return OrtRunner(self.source, copy.deepcopy(self.config, memo), self.threads)
+        return OrtRunner(self.source, copy.deepcopy(self.config, memo), self.threads, len(self.outputs))
 
 
 def ort_model(source: GraphSource, model: LeanModel, info: dict[str, Any]) -> LeanModel:
@@ -137,7 +154,8 @@ def ort_model(source: GraphSource, model: LeanModel, info: dict[str, Any]) -> Le
     record.backend = "onnxruntime"
     record.weights = ONNX_FILE
     record.extra["runtime"] = {"backend": "onnxruntime", **info}
-    return LeanModel(None, model.tokenizer, record, runner=OrtRunner(source, copy.deepcopy(config)))
+    runner = OrtRunner(source, copy.deepcopy(config), outputs=output_count(model.task))
+    return LeanModel(None, model.tokenizer, record, runner=runner)
 
 
 def save_graph(model: LeanModel, directory: Path, kind: type) -> str:
@@ -172,7 +190,7 @@ class OnnxRuntimeBackend:
 
     def load(self, directory: Path, record: Record, device: str | None = None) -> LeanModel:
         tokenizer, config = load_parts(directory, record, device)
-        runner = OrtRunner(GraphSource(path=directory / record.weights), config)
+        runner = OrtRunner(GraphSource(path=directory / record.weights), config, outputs=output_count(record.task))
         return LeanModel(None, tokenizer, record, runner=runner)
 
 

@@ -42,7 +42,8 @@ import torch
 from leanlm.artifact import LeanModel, Record
 from leanlm.errors import ArtifactError, UnsupportedError
 from leanlm.runtime import register_backend
-from leanlm.runtime.onnxruntime import ONNX_FILE, GraphSource, load_parts, thread_count, to_feed
+from leanlm.runtime.onnxruntime import ONNX_FILE, GraphSource, as_outputs, load_parts, output_count, thread_count, \
+    to_feed
 
 PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 _CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
@@ -129,7 +130,8 @@ def torch_graph(model: LeanModel) -> Any:
                                                                max_length=32))
     graph.reshape({p.get_any_name(): ov.PartialShape([-1, -1]) for p in graph.inputs})
     compiled = core().compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    run = lambda batch: compiled({p.get_any_name(): batch[p.get_any_name()].numpy() for p in compiled.inputs})[0]  # noqa: E731
+    run = lambda batch: list(compiled({p.get_any_name(): batch[p.get_any_name()].numpy()  # noqa: E731
+                                       for p in compiled.inputs}).values())
     compare_with_torch(model, module, run, "OpenVINO's PyTorch frontend graph")
     return graph
 
@@ -144,10 +146,13 @@ class OvRunner:
         hint: "latency" | "throughput".
         sparse_rate: CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE in (0, 1], or None for OpenVINO's default
             (off); see `with_sparse_weights`.
+        outputs: how many leading graph outputs a call returns: 1 (a tensor) or more (a tuple:
+            question answering's start and end logits).
     """
 
     def __init__(self, source: GraphSource | IrSource, config: Any = None, precision: str = "fp32", hint: str = "latency",
-                 threads: int | None = None, shapes: Sequence[Sequence[int]] = (), sparse_rate: float | None = None):
+                 threads: int | None = None, shapes: Sequence[Sequence[int]] = (), sparse_rate: float | None = None,
+                 outputs: int = 1):
         if hint not in HINTS:
             raise UnsupportedError(f"openvino hint must be 'latency' or 'throughput', got {hint!r}")
         self.source, self.config, self.hint = source, config, hint
@@ -169,6 +174,9 @@ class OvRunner:
         self.static = {shape: self._static(shape) for shape in self.shapes}
         self.inputs = {p.get_any_name(): _NP.get(p.get_element_type().get_type_name(), np.int64)
                        for p in self.compiled.inputs}
+        if len(self.compiled.outputs) < outputs:
+            raise ArtifactError(f"the graph has {len(self.compiled.outputs)} output(s); this task needs {outputs}")
+        self.outputs = outputs
 
     def read(self) -> Any:
         """The graph as an uncompiled `openvino.Model`."""
@@ -195,11 +203,11 @@ class OvRunner:
         compiled, request = self.static.get(next(iter(feed.values())).shape, (self.compiled, self.request))
         # share_inputs: the arrays live until infer returns; outputs are copied (default)
         result = request.infer(feed, share_inputs=True)
-        return torch.from_numpy(np.asarray(result[compiled.output(0)]))
+        return as_outputs([result[compiled.output(i)] for i in range(self.outputs)], self.outputs)
 
     def __deepcopy__(self, memo: dict) -> "OvRunner":
         return OvRunner(self.source, copy.deepcopy(self.config, memo), self.requested_precision, self.hint,
-                        self.threads, self.shapes, self.sparse_rate)
+                        self.threads, self.shapes, self.sparse_rate, self.outputs)
 
 
 def _check_shapes(shapes: Sequence[Sequence[int]]) -> tuple[tuple[int, int], ...]:
@@ -226,7 +234,8 @@ def with_shapes(model: LeanModel, shapes: Sequence[Sequence[int]]) -> LeanModel:
         raise UnsupportedError(f"static shapes are an OpenVINO setting; this model runs on {model.backend}")
     r = model.runner
     shapes = _check_shapes(shapes)
-    runner = OvRunner(r.source, copy.deepcopy(r.config), r.requested_precision, r.hint, r.threads, shapes, r.sparse_rate)
+    runner = OvRunner(r.source, copy.deepcopy(r.config), r.requested_precision, r.hint, r.threads, shapes, r.sparse_rate,
+                      r.outputs)
     record = copy.deepcopy(model.record)
     record.extra["runtime"] = {**record.extra.get("runtime", {}), "shapes": [list(s) for s in shapes]}
     out = LeanModel(None, model.tokenizer, record, runner=runner)
@@ -238,7 +247,7 @@ def ov_model(source: GraphSource | IrSource, model: LeanModel, info: dict[str, A
              hint: str = "latency") -> LeanModel:
     """A LeanModel running `source` on OpenVINO, with `model`'s tokenizer and a copy of its record."""
     config = getattr(model.module, "config", None) or getattr(model.runner, "config", None)
-    runner = OvRunner(source, copy.deepcopy(config), precision, hint)
+    runner = OvRunner(source, copy.deepcopy(config), precision, hint, outputs=output_count(model.task))
     record = copy.deepcopy(model.record)
     record.backend = "openvino"
     record.weights = IR_FILE if isinstance(source, IrSource) else ONNX_FILE
@@ -289,7 +298,8 @@ class OpenVinoBackend:
             raise ArtifactError(f"{directory} is incomplete: {path.with_suffix('.bin').name} is missing")
         rt = record.extra.get("runtime", {})
         runner = OvRunner(GraphSource(path=path), config, rt.get("precision", "fp32"), rt.get("hint", "latency"),
-                          shapes=rt.get("shapes", ()), sparse_rate=rt.get("sparse_weights_rate"))
+                          shapes=rt.get("shapes", ()), sparse_rate=rt.get("sparse_weights_rate"),
+                          outputs=output_count(record.task))
         return LeanModel(None, tokenizer, record, runner=runner)
 
 
@@ -339,7 +349,7 @@ def with_sparse_weights(model: LeanModel, rate: float = 0.5) -> LeanModel:
         raise UnsupportedError(f"sparse weights are an OpenVINO setting; this model runs on {model.backend}")
     r = model.runner
     runner = OvRunner(r.source, copy.deepcopy(r.config), r.requested_precision, r.hint, r.threads, r.shapes,
-                      _check_rate(rate))
+                      _check_rate(rate), r.outputs)
     record = copy.deepcopy(model.record)
     record.extra["runtime"] = {**record.extra.get("runtime", {}), "sparse_weights_rate": float(rate)}
     out = LeanModel(None, model.tokenizer, record, runner=runner)

@@ -91,28 +91,41 @@ def accuracy(model: LeanModel, data: TextDataset, batch_size: int = 64, max_leng
 def finetune(
     model: LeanModel | str = "minilm-l6",
     data: Splits | str = "movie-snippets",
-    config: FinetuneConfig = FinetuneConfig(),
+    config: BaseConfig = FinetuneConfig(),
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> LeanModel:
-    """Fine-tune an encoder for text classification; evaluate on the test split; optionally save.
+    """Fine-tune an encoder for text classification (or, with a QAFinetuneConfig, extractive
+    question answering); evaluate on the test split; optionally save.
 
     Args:
         model: bundled name, model directory or LeanModel (a fresh classification head is added).
-        data: dataset name, local CSV/JSONL file, or ready `Splits`.
-        config: FinetuneConfig (loop settings, batch size, subset sizes, split seed).
+        data: dataset name, local CSV/JSONL file, or ready `Splits` ("squad" or a SQuAD .json for QA).
+        config: FinetuneConfig (loop settings, batch size, subset sizes, split seed), or
+            `leanlm.train.qa.QAFinetuneConfig` for question answering (`leanlm.train.qa.finetune_qa`).
         output: directory to write the fine-tuned model to (atomically); None keeps it in memory.
 
-    Returns the fine-tuned LeanModel; record.metrics holds validation and test accuracy.
+    Returns the fine-tuned LeanModel; record.metrics holds validation and test accuracy
+    (question answering: validation F1, test exact match and F1).
+
+    Example:
+        >>> leanlm.finetune("minilm-l6", "squad", QAFinetuneConfig(max_length=256), output="runs/qa")
     """
     from leanlm.models.loading import load
+    from leanlm.train.qa import QAFinetuneConfig, finetune_qa
+
+    if isinstance(config, QAFinetuneConfig):  # the span task has its own head, features and metric
+        return finetune_qa(model, data, config, output, overwrite, progress)
 
     if output is not None and Path(output).exists() and not overwrite:
         # Fail before spending minutes training.
         raise LeanlmError(f"{output} already exists; choose another output or pass overwrite")
     splits = data if isinstance(data, Splits) else load_splits(data, seed=config.split_seed)
     labels = splits.label_names
+    if not labels:
+        raise LeanlmError(f"{splits.name} is question-answering data; fine-tune it with QAFinetuneConfig "
+                          "(--task question-answering)")
     if isinstance(model, LeanModel):
         if model.task != "sequence-classification" or (model.labels and list(model.labels) != list(labels)):
             raise LeanlmError("pass a model name or directory; a fresh classification head is built for the labels")

@@ -43,6 +43,10 @@ CONTRACT = [
     (Int8Static(), "tiny_clf", 20.0),
     (Int8Static(backend="onnxruntime", range_method="percentile"), "tiny_emb", 40.0),
     (Int8Nncf(), "tiny_emb", 25.0),
+    # question answering: (B, T, 2) start/end logits, two graph outputs on ONNX Runtime and OpenVINO
+    (Int8Nncf(), "tiny_qa", 25.0),
+    (Int8Dynamic(backend="onnxruntime"), "tiny_qa", 20.0),
+    (Int8Dynamic(), "tiny_qa", 20.0),
 ]
 
 

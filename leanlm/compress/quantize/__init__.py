@@ -18,7 +18,7 @@ from leanlm.errors import ConfigError, UnsupportedError
 
 FAMILY = "quantize"
 # Heads stay in float by default: they are tiny, and quantizing them costs accuracy for no speed.
-DEFAULT_SKIP = ("classifier", "lm_head", "score", "pooler")
+DEFAULT_SKIP = ("classifier", "lm_head", "score", "pooler", "qa_outputs")
 
 
 @dataclass
