@@ -88,8 +88,17 @@ def genai_ir(lm: Any, out: Path, weights: str) -> Path:
 
 
 def genai_pipeline(ir_dir: str | Path, threads: int) -> Any:
-    """`openvino_genai.LLMPipeline` on the CPU for a GenAI model folder, with `threads` threads."""
-    return _genai().LLMPipeline(str(ir_dir), "CPU", INFERENCE_NUM_THREADS=threads)
+    """`openvino_genai.LLMPipeline` on the CPU for a GenAI model folder, with `threads` threads.
+
+    Prefix caching is switched off: the benchmark sends one prompt every round, and with GenAI's
+    default cache its "time to first token" became a cache hit (measured: 22-38 ms for the same
+    128-token prompt again, 190-250 ms for a fresh one, 175-200 ms either way without the cache),
+    while every other row computes the whole prompt each time.
+    """
+    g = _genai()
+    scheduler = g.SchedulerConfig()
+    scheduler.enable_prefix_caching = False
+    return g.LLMPipeline(str(ir_dir), "CPU", INFERENCE_NUM_THREADS=threads, scheduler_config=scheduler)
 
 
 def genai_run(pipe: Any, ids: torch.Tensor, metrics: dict) -> Callable[[int], list[int]]:
