@@ -333,16 +333,6 @@ def load_adapter(model: LeanModel | str | os.PathLike) -> LeanModel:
 
 # --------------------------------------------------------------------------- merging into a quantized base
 
-def _requantizers() -> dict[type, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
-    from leanlm.compress.quantize._layers import Int4WeightCPU, Int8WeightCPU
-
-    def int8(old: Any, w: torch.Tensor) -> torch.Tensor:
-        groups = old.scale.shape[1]
-        return Int8WeightCPU.from_float(w, 0 if groups == 1 else w.shape[1] // groups)
-
-    return {Int8WeightCPU: int8, Int4WeightCPU: lambda old, w: Int4WeightCPU.from_float(w, old.group_size)}
-
-
 def quantized_linears(module: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     """Linear layers whose weight is a quantized tensor subclass (not a plain float tensor)."""
     return {n: m for n, m in module.named_modules()

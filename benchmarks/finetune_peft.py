@@ -1,0 +1,165 @@
+"""Full fine-tuning vs LoRA vs AdaLoRA of MiniLM-L6 on movie-snippets: parameters, accuracy, time.
+
+Each row fine-tunes `minilm-l6` on the same split, seed, epochs, batch and length with leanlm's one
+training loop (`leanlm.finetune`, which merges the adapters into the base at the end), then scores
+the test split. The learning rate is each method's usual one (adapters train at a ~10x higher rate
+than full fine-tuning; PEFT's and the LoRA paper's examples do the same); it is printed per row.
+
+Speed comes two ways: the wall time of each whole run (sequential runs, so it drifts with the
+machine), and a same-run ratio of the cost of one training step, timed interleaved on the same
+batches in rotated rounds (forward + backward + optimizer step; AdaLoRA's rank allocation included).
+
+    python benchmarks/finetune_peft.py [--epochs 2] [--threads 2]
+
+Writes reports/peft/peft.{json,md}. Run alone on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's leanlm, not an installed one
+
+
+def correct(model, texts: list[str], labels: list[int], max_length: int) -> list[int]:
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 64):
+            batch = model.encode(texts[i:i + 64], max_length=max_length)
+            pred = model.module(**batch).logits.argmax(-1).tolist()
+            out += [int(p == y) for p, y in zip(pred, labels[i:i + 64])]
+    return out
+
+
+def step_times(splits, configs: dict, lrs: dict, rounds: int, steps: int, max_length: int) -> dict[str, float]:
+    """Median seconds per training step of each method, interleaved and rotated on the same batches."""
+    import leanlm
+    from leanlm.train.peft import adapt_
+
+    labels = splits.label_names
+    batches = []
+    for i in range(steps):
+        idx = range(i * 32, (i + 1) * 32)
+        texts = [splits.train.texts[j] for j in idx]
+        batches.append((texts, torch.tensor([splits.train.labels[j] for j in idx])))
+    runners = {}
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        m = leanlm.load("minilm-l6", task="sequence-classification", labels=labels)
+        adapter = adapt_(m, cfg, total_steps=rounds * steps * 4) if cfg else None
+        module = m.module.train()
+        params = [p for n, p in module.named_parameters() if adapter is None or n in adapter.trainable_names]
+        opt = torch.optim.AdamW(params, lr=lrs[name])
+        encoded = [dict(m.encode(t, max_length=max_length), labels=y) for t, y in batches]
+        hooks = adapter.grad_hooks if adapter else []
+        runners[name] = (module, opt, encoded, hooks)
+    counter = {name: 0 for name in configs}
+
+    def run(name: str) -> float:
+        module, opt, encoded, hooks = runners[name]
+        t = time.perf_counter()
+        for batch in encoded:
+            loss = module(**batch).loss
+            loss.backward()
+            for hook in hooks:
+                hook(counter[name], module)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            counter[name] += 1
+        return (time.perf_counter() - t) / len(encoded)
+
+    names = list(configs)
+    for name in names:  # warm-up round, not recorded
+        run(name)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no row always follows another
+            times[name].append(run(name))
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the step-time measurement")
+    ap.add_argument("--steps", type=int, default=8, help="training steps per method per round")
+    ap.add_argument("--train-size", type=int, default=0, help="0 = the whole train split (smoke runs: small)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import leanlm
+    from leanlm.bench.stats import format_interval, paired_bootstrap
+    from leanlm.data import load_splits
+    from leanlm.train.finetune import FinetuneConfig
+    from leanlm.train.loop import LoopConfig, total_steps
+    from leanlm.train.peft import AdaLora, Lora
+
+    splits = load_splits("movie-snippets", seed=0)
+    n_train = args.train_size or len(splits.train)
+    total = total_steps(LoopConfig(epochs=args.epochs), (n_train + 31) // 32)
+    # AdaLoRA: full rank for the first 10 % of steps, budgeting, ranks frozen for the last 20 %.
+    configs = {"full": None, "lora r=8": Lora(r=8, alpha=16),
+               "adalora 12->4": AdaLora(init_r=12, target_r=4, tinit=total // 10, tfinal=total // 5)}
+    lrs = {"full": 5e-5, "lora r=8": 5e-4, "adalora 12->4": 5e-4}
+    test_texts, test_labels = list(splits.test.texts), list(splits.test.labels)
+    results: dict = {"settings": vars(args) | {"lrs": lrs, "optimizer_steps": total,
+                                               "test_n": len(test_texts)}, "rows": {}}
+    per_example = {}
+    for name, cfg in configs.items():
+        print(f"== {name} (lr {lrs[name]})", flush=True)
+        ft = FinetuneConfig(loop=LoopConfig(epochs=args.epochs, lr=lrs[name], patience=0, seed=0),
+                            max_length=args.max_length, train_size=args.train_size, threads=args.threads, peft=cfg)
+        t = time.perf_counter()
+        model = leanlm.finetune("minilm-l6", splits, ft, progress=False)
+        seconds = time.perf_counter() - t
+        per_example[name] = correct(model, test_texts, test_labels, args.max_length)
+        peft_info = (model.record.training or {}).get("peft", {})
+        base = sum(p.numel() for p in model.module.parameters())
+        row = {"lr": lrs[name], "trainable_params": peft_info.get("trainable_params", base), "base_params": base,
+               "test_accuracy": sum(per_example[name]) / len(test_texts), "wall_seconds": round(seconds, 1),
+               "validation_accuracy": model.record.metrics["validation"]["accuracy"]}
+        if "final_ranks" in peft_info:
+            init, final = peft_info["initial_ranks"], peft_info["final_ranks"]
+            row |= {"ranks_initial_total": sum(init.values()), "ranks_final_total": sum(final.values()),
+                    "ranks_final_min": min(final.values()), "ranks_final_max": max(final.values()),
+                    "ranks_changed": sum(init[k] != final[k] for k in init)}
+        results["rows"][name] = row
+        print(json.dumps(row), flush=True)
+    for name in configs:
+        if name != "full":
+            d = paired_bootstrap(per_example["full"], per_example[name])
+            results["rows"][name]["delta_vs_full"] = format_interval(d)
+    print("== step time, interleaved", flush=True)
+    st = step_times(splits, configs, lrs, args.rounds, args.steps, args.max_length)
+    for name in configs:
+        results["rows"][name]["step_seconds"] = round(st[name], 4)
+        results["rows"][name]["step_speed_vs_full"] = round(st["full"] / st[name], 2)
+
+    out = ROOT / "reports" / "peft"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peft.json").write_text(json.dumps(results, indent=2))
+    lines = [f"# PEFT vs full fine-tuning (minilm-l6, movie-snippets, {args.epochs} epochs, {args.threads} threads)", "",
+             "| method | lr | trainable params | % of base | test acc | Δ vs full pts [95 % CI] | wall s | "
+             "step s (interleaved) | step speed × full |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results["rows"].items():
+        lines.append(f"| {name} | {r['lr']:g} | {r['trainable_params']:,} | {100 * r['trainable_params'] / r['base_params']:.2f} "
+                     f"| {r['test_accuracy']:.4f} | {r.get('delta_vs_full', '-')} | {r['wall_seconds']} "
+                     f"| {r['step_seconds']} | {r['step_speed_vs_full']} |")
+    ada = results["rows"]["adalora 12->4"]
+    lines += ["", f"AdaLoRA ranks: {ada['ranks_initial_total']} -> {ada['ranks_final_total']} in total, "
+                  f"per layer {ada['ranks_final_min']}..{ada['ranks_final_max']}, {ada['ranks_changed']} layers changed."]
+    (out / "peft.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
