@@ -48,7 +48,7 @@ def start_server(model_dir: str, max_batch: int, max_queue: int, log: Path) -> S
 
 
 def metrics(server: ServerProcess) -> dict[str, Any]:
-    return httpx.get(server.url + "/metrics", timeout=10).json()
+    return httpx.get(server.url + "/metrics", params={"format": "json"}, timeout=10).json()
 
 
 # ----------------------------------------------------------------------------- load

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import hmac
 import importlib
@@ -27,44 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from leanlm.serve.batcher import percentiles
+from leanlm.serve.metrics import Metrics, routing
 from leanlm.serve.registry import ENDPOINT_MODULES, ModelRegistry, load_endpoints
 from leanlm.serve.schemas import ApiError, error_body
 
 log = logging.getLogger("leanlm.serve")
 
 STATIC = Path(__file__).with_name("static")  # the web page at /, shipped as package data
-
-
-class Metrics:
-    """Request counts by endpoint and status, and a bounded latency window per endpoint."""
-
-    def __init__(self, window: int = 4096):
-        self.started = time.time()
-        self.counts: collections.Counter = collections.Counter()
-        self.latency: dict[str, collections.deque] = collections.defaultdict(lambda: collections.deque(maxlen=window))
-
-    def observe(self, path: str, status: int, ms: float) -> None:
-        self.counts[(path, status)] += 1
-        self.latency[path].append(ms)
-
-    def snapshot(self, registry: ModelRegistry) -> dict[str, Any]:
-        by_path: dict[str, dict[str, int]] = collections.defaultdict(dict)
-        for (path, status), n in sorted(self.counts.items()):
-            by_path[path][str(status)] = n
-        models = registry.metrics()
-        return {
-            "uptime_s": round(time.time() - self.started, 3),
-            "requests": dict(by_path),
-            "latency_ms": {path: percentiles(list(window)) for path, window in self.latency.items()},
-            "queue_depth": sum(m.get("queue_depth", 0) for caps in models.values() for m in caps.values()),
-            "rejected": sum(m.get("rejected", 0) for caps in models.values() for m in caps.values()),
-            "models": models,
-        }
 
 
 def create_app(registry: ModelRegistry) -> FastAPI:
@@ -121,6 +93,7 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         path = request.url.path
         t0 = time.perf_counter()
+        routed = routing()  # ModelRegistry.get fills in the model, for the counters' label
         if config.api_key and path.startswith("/v1/") and not _authorized(request, config.api_key):
             response: Any = JSONResponse(error_body("missing or wrong API key: send 'Authorization: Bearer <key>'",
                                                     "authentication_error", None, "invalid_api_key"), status_code=401)
@@ -129,7 +102,7 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         ms = (time.perf_counter() - t0) * 1e3  # for a stream: until the response starts
         route = request.scope.get("route")  # the matched route's template; unknown paths must not grow the counters
         known = getattr(route, "path", None) or "other"
-        metrics.observe(known, response.status_code, ms)
+        metrics.observe(known, response.status_code, ms, routed.get("model", ""))
         response.headers["x-request-id"] = rid
         if log.isEnabledFor(logging.INFO):
             log.info(json.dumps({"ts": round(time.time(), 3), "request_id": rid, "method": request.method,
@@ -157,15 +130,15 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         return JSONResponse(body, status_code=200 if registry.ready else 503)
 
     @app.get("/metrics")
-    async def metrics_view(format: str = "json") -> Any:
-        """Requests by endpoint and status, latency p50/p99, batch sizes and queue depth per model
-        (JSON; `?format=prometheus` for Prometheus' text format)."""
-        snap = metrics.snapshot(registry)
+    async def metrics_view(format: str = "prometheus") -> Any:
+        """Prometheus' text format (requests by path, model and status; latency, queue-time and
+        batch-size histograms; queue depth; rejections), or `?format=json` with p50/p99 windows."""
         if format == "prometheus":
-            return PlainTextResponse(prometheus_text(snap), media_type="text/plain; version=0.0.4")
+            body, content_type = metrics.prometheus(registry)
+            return Response(body, media_type=content_type)
         if format != "json":
             raise ApiError(400, f"format must be 'json' or 'prometheus', got {format!r}", param="format")
-        return snap
+        return metrics.snapshot(registry)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -181,34 +154,6 @@ def create_app(registry: ModelRegistry) -> FastAPI:
         return served.info()
 
     return app
-
-
-def prometheus_text(snap: dict[str, Any]) -> str:
-    """A /metrics snapshot in Prometheus' text exposition format (no client library needed)."""
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help: str, samples: list[tuple[dict[str, str], float]]) -> None:
-        lines.extend([f"# HELP leanlm_{name} {help}", f"# TYPE leanlm_{name} {kind}"])
-        for labels, value in samples:
-            tags = ",".join(f'{k}="{v}"' for k, v in labels.items())
-            lines.append(f"leanlm_{name}{{{tags}}} {value}" if tags else f"leanlm_{name} {value}")
-
-    metric("requests_total", "counter", "HTTP requests by path and status.",
-           [({"path": p, "status": st}, n) for p, by in snap["requests"].items() for st, n in by.items()])
-    metric("request_latency_ms", "summary", "Request latency over the recent window (ms).",
-           [({"path": p, "quantile": q}, lat[k]) for p, lat in snap["latency_ms"].items()
-            for q, k in (("0.5", "p50"), ("0.99", "p99"))])
-    per = [({"model": m, "capability": c}, s) for m, caps in snap["models"].items() for c, s in caps.items()]
-    for name, key, kind, help in (("queue_depth", "queue_depth", "gauge", "Requests waiting for a batch."),
-                                  ("rejected_total", "rejected", "counter", "Requests shed with 429 (queue full)."),
-                                  ("batches_total", "batches", "counter", "Forward passes run."),
-                                  ("batch_items_total", "items", "counter", "Texts or prompts run in batches."),
-                                  ("failed_batches_total", "failed_batches", "counter", "Batches the model failed.")):
-        metric(name, kind, help, [(labels, s[key]) for labels, s in per])
-    metric("batch_size_count", "counter", "Forward passes by batch size.",
-           [({**labels, "size": size}, n) for labels, s in per for size, n in s["batch_size"]["histogram"].items()])
-    metric("uptime_seconds", "gauge", "Seconds since the server started.", [({}, snap["uptime_s"])])
-    return "\n".join(lines) + "\n"
 
 
 def _authorized(request: Request, key: str) -> bool:

@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from leanlm.serve.metrics import Histogram, percentiles
+
 BatchFn = Callable[[list[Any]], Sequence[Any]]
 
 _WINDOW = 4096  # latency samples kept per batcher for percentiles (a bounded window)
@@ -57,6 +59,8 @@ class BatchStats:
     sizes: collections.Counter = field(default_factory=collections.Counter)  # batch size -> count
     queue_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_WINDOW))
     run_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_WINDOW))
+    queue_hist: Histogram = field(default_factory=Histogram)  # seconds, cumulative: Prometheus' view
+    run_hist: Histogram = field(default_factory=Histogram)
 
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         return {
@@ -67,18 +71,6 @@ class BatchStats:
                            "histogram": {str(k): v for k, v in sorted(self.sizes.items())}},
             "queue_ms": percentiles(self.queue_ms), "run_ms": percentiles(self.run_ms),
         }
-
-
-def percentiles(samples: Sequence[float]) -> dict[str, float]:
-    """p50/p99 (nearest rank) of a window of samples, in the samples' unit."""
-    if not samples:
-        return {"p50": 0.0, "p99": 0.0, "count": 0}
-    s = sorted(samples)
-
-    def rank(q: float) -> float:
-        return round(s[min(len(s) - 1, max(0, int(q * len(s) + 0.5) - 1))], 3)
-
-    return {"p50": rank(0.50), "p99": rank(0.99), "count": len(s)}
 
 
 class Batcher:
@@ -209,6 +201,7 @@ class Batcher:
         now = loop.time()
         for p in batch:
             self.stats.queue_ms.append((now - p.enqueued) * 1e3)
+            self.stats.queue_hist.observe(now - p.enqueued)
         t0 = time.perf_counter()
         self._busy = True
         try:
@@ -223,7 +216,9 @@ class Batcher:
             return
         finally:
             self._busy = False
-            self.stats.run_ms.append((time.perf_counter() - t0) * 1e3)
+            ran = time.perf_counter() - t0
+            self.stats.run_ms.append(ran * 1e3)
+            self.stats.run_hist.observe(ran)
             self.stats.batches += 1
             self.stats.items += len(items)
             self.stats.sizes[len(items)] += 1

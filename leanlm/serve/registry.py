@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from leanlm.errors import ConfigError, LeanlmError
 from leanlm.serve.batcher import BatchFn, Batcher, Closed, QueueFull
+from leanlm.serve.metrics import note_model
 from leanlm.serve.config import ServeConfig
 from leanlm.serve.schemas import ApiError
 
@@ -121,6 +122,10 @@ class ServedModel:
                 "techniques": [t.get("type") for t in rec.techniques], "labels": self.model.labels,
                 "capabilities": [c.name for c in self.capabilities]}
 
+    def batchers(self) -> dict[str, Any]:
+        """Capability name -> its Batcher (the ones started so far)."""
+        return dict(self._batchers)
+
     def metrics(self) -> dict[str, Any]:
         return {name: b.stats.snapshot(b.queue_depth) for name, b in self._batchers.items()}
 
@@ -187,6 +192,7 @@ class ModelRegistry:
         if name is None:
             able = [m for m in self.models.values() if m.can(capability)]
             if len(able) == 1:
+                note_model(able[0].name)
                 return able[0]
             raise ApiError(400, f"say which model: {', '.join(m.name for m in able) or 'none can ' + capability}",
                            param="model", code="model_required")
@@ -198,6 +204,7 @@ class ModelRegistry:
             able = [m.name for m in self.models.values() if m.can(capability)]
             raise ApiError(400, f"model {name!r} is a {served.model.task} model and cannot {capability}; "
                            f"models that can: {', '.join(able) or 'none'}", param="model", code="unsupported_model")
+        note_model(served.name)
         return served
 
     def warm(self) -> None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from leanlm.serve.batcher import Batcher, QueueFull, percentiles
+from leanlm.serve.batcher import Batcher, QueueFull
 
 
 def run(coro):
@@ -136,12 +136,6 @@ def test_cancelled_request_is_dropped_before_it_runs():
 
     run(main())
     assert ["late"] not in fn.calls
-
-
-def test_percentiles():
-    assert percentiles([]) == {"p50": 0.0, "p99": 0.0, "count": 0}
-    p = percentiles(list(range(1, 101)))
-    assert p["p50"] == 50 and p["p99"] == 99 and p["count"] == 100
 
 
 def test_token_budget_keeps_long_texts_out_of_big_batches():

@@ -210,7 +210,7 @@ def test_concurrent_requests_are_batched(server, client, model_dirs, sentences):
 
     import leanlm
 
-    before = client.get("/metrics").json()["models"]["clf"]["classify"]
+    before = client.get("/metrics", params={"format": "json"}).json()["models"]["clf"]["classify"]
     texts = [[sentences[i % 8], f"request {i} says hello"] for i in range(16)]  # different lengths pad together
     rs = asyncio.run(_each(server.url, [{"model": "clf", "input": t} for t in texts]))
     assert all(r.status_code == 200 for r in rs), [r.text for r in rs if r.status_code != 200]
@@ -220,15 +220,26 @@ def test_concurrent_requests_are_batched(server, client, model_dirs, sentences):
             offline = torch.softmax(m0(**m0.encode(t)), -1)
         got = [list(d["probabilities"].values()) for d in r.json()["data"]]
         assert np.allclose(got, offline.numpy(), atol=1e-4)
-    m = client.get("/metrics").json()
+    m = client.get("/metrics", params={"format": "json"}).json()
     stats = m["models"]["clf"]["classify"]
     assert stats["requests"] - before["requests"] == 16
     assert stats["batches"] - before["batches"] < 16 and stats["batch_size"]["max"] > 2  # > one request's 2 texts
     assert m["latency_ms"]["/v1/classify"]["p99"] >= m["latency_ms"]["/v1/classify"]["p50"] > 0
     assert m["requests"]["/v1/classify"]["200"] >= 16 and m["queue_depth"] == 0
-    text = client.get("/metrics", params={"format": "prometheus"}).text
-    assert '# TYPE leanlm_requests_total counter' in text
-    assert f'leanlm_batches_total{{model="clf",capability="classify"}} {stats["batches"]}' in text
+    prom = client.get("/metrics")  # Prometheus' format by default, parsed by prometheus-client's own parser
+    assert prom.headers["content-type"].startswith("text/plain")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fams = {f.name: f for f in text_string_to_metric_families(prom.text)}
+    assert fams["leanlm_requests"].type == "counter" and fams["leanlm_request_duration_seconds"].type == "histogram"
+    value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
+    clf = (("capability", "classify"), ("model", "clf"))
+    assert value[("leanlm_batches_total", clf)] == stats["batches"]
+    assert value[("leanlm_batch_size_count", clf)] == stats["batches"]  # one observation per forward pass
+    assert value[("leanlm_batch_size_sum", clf)] == stats["items"]
+    assert value[("leanlm_queue_time_seconds_count", clf)] == stats["requests"]
+    ok = value[("leanlm_requests_total", (("model", "clf"), ("path", "/v1/classify"), ("status", "200")))]
+    assert ok >= 16
     assert_error(client.get("/metrics", params={"format": "xml"}), 400)
 
 
@@ -241,7 +252,7 @@ def test_full_queue_answers_429_then_recovers(tight_server):
     assert_error(shed, 429, "overloaded") and shed.headers["retry-after"] == "1"
     ok = httpx.post(tight_server.url + "/v1/classify", json={"input": "and now a calm request"})
     assert ok.status_code == 200
-    m = httpx.get(tight_server.url + "/metrics").json()
+    m = httpx.get(tight_server.url + "/metrics", params={"format": "json"}).json()
     stats = m["models"]["clf"]["classify"]
     assert stats["rejected"] == codes.count(429) and stats["batch_size"]["histogram"] == {"64": stats["batches"] - 1,
                                                                                         "1": 1}

@@ -187,7 +187,7 @@ const ENDPOINT = { classify: "/v1/classify", embed: "/v1/embeddings", answer: "/
 
 async function refreshLatency() {
   try {
-    const snap = await (await fetch("/metrics")).json();
+    const snap = await (await fetch("/metrics?format=json")).json();
     const m = current();
     const paths = m ? m.capabilities.map((c) => ENDPOINT[c]).filter((p) => snap.latency_ms[p]) : [];
     const parts = paths.map((p) => {
