@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from leanlm.errors import UnsupportedError
+from leanlm.generate.openvino_genai import require_genai
 
-GENAI_INSTALL = "pip install openvino-genai==2026.4.* openvino-tokenizers==2026.4.* (matching openvino)"
 # nncf.compress_weights settings per weight format; int4 groups of 64 divide SmolLM2's 576 / 1536
 # widths (NNCF's usual 128 does not); what NNCF keeps at 8 bits (embeddings) is its own default
 OV_WEIGHTS = {"int8": {"mode": "INT8_ASYM"}, "int4": {"mode": "INT4_ASYM", "group_size": 64}}
@@ -53,15 +53,6 @@ def llamacpp_gguf(lm: Any, workdir: Path, type: str, threads: int) -> Path:
 
 # --------------------------------------------------------------------------- OpenVINO GenAI
 
-def _genai() -> Any:
-    try:
-        import openvino_genai
-        import openvino_tokenizers  # noqa: F401 - registers the tokenizer ops GenAI's IR needs
-    except ImportError as e:
-        raise UnsupportedError(f"OpenVINO GenAI peer needs {e.name or 'openvino-genai'}: {GENAI_INSTALL}") from None
-    return openvino_genai
-
-
 def genai_ir(lm: Any, out: Path, weights: str) -> Path:
     """`lm` -> a GenAI model folder `out` (stateful IR + openvino_tokenizers IRs), NNCF-compressed.
 
@@ -74,7 +65,7 @@ def genai_ir(lm: Any, out: Path, weights: str) -> Path:
         out: folder to (re)write.
         weights: "int8" or "int4".
     """
-    _genai()
+    require_genai()
     from leanlm.generate.openvino import OpenVinoDecoder, to_openvino
 
     opts = OV_WEIGHTS[weights]
@@ -95,7 +86,7 @@ def genai_pipeline(ir_dir: str | Path, threads: int) -> Any:
     128-token prompt again, 190-250 ms for a fresh one, 175-200 ms either way without the cache),
     while every other row computes the whole prompt each time.
     """
-    g = _genai()
+    g = require_genai()
     scheduler = g.SchedulerConfig()
     scheduler.enable_prefix_caching = False
     return g.LLMPipeline(str(ir_dir), "CPU", INFERENCE_NUM_THREADS=threads, scheduler_config=scheduler)
@@ -105,7 +96,7 @@ def genai_run(pipe: Any, ids: torch.Tensor, metrics: dict) -> Callable[[int], li
     """run(n) -> n greedy token ids after `ids` (EOS ignored); GenAI's own TTFT / TPOT into `metrics`."""
     import openvino as ov
 
-    g = _genai()
+    g = require_genai()
     x = ids[None].numpy().astype(np.int64)
     inputs = g.TokenizedInputs(ov.Tensor(x), ov.Tensor(np.ones_like(x)))
 

@@ -374,7 +374,8 @@ def machine_line(res: Any) -> str:
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> list[str]:
     """Build, measure, write the reports; returns the printed lines (the verdict last)."""
     from leanlm.artifact import atomic_write_text
-    from leanlm.bench.measure import benchmark, set_threads
+    from leanlm.bench.measure import benchmark
+    from leanlm.bench.timing import set_threads
     from leanlm.bench.report import write_report
     from leanlm.data import load_splits
     from leanlm.errors import ConfigError

@@ -101,7 +101,8 @@ def main() -> None:
     import leanlm
     from leanlm.data.registry import load_text
     from leanlm.models.registry import BUNDLED
-    from leanlm.train.causal_lm import CausalLm, pretrain_causal
+    from leanlm.train.causal_lm import CausalLm
+    from leanlm.train.pretrain import pretrain
     from leanlm.train.loop import LoopConfig, bf16_supported
 
     results: dict = {"reference": REFERENCE_NAME, "threads": args.threads}
@@ -118,7 +119,8 @@ def main() -> None:
                           checkpoint_dir=f"{args.out_model}.ckpt", log_dir=f"{args.out_model}.logs")
         print(f"pre-training {cfg.to_dict()} for {args.steps} steps on {len(train)} WikiText-2 articles", flush=True)
         t = time.perf_counter()
-        _, metrics = pretrain_causal(cfg, train, heldout, tok, args.out_model, loop, overwrite=True)
+        trained = pretrain(cfg, train, args.out_model, tokenizer=tok, loop=loop, overwrite=True, heldout=heldout)
+        metrics = dict(trained.record.metrics["pretrain"])
         metrics["wall_seconds"] = round(time.perf_counter() - t, 1)
         print(f"held-out perplexity {metrics['heldout_perplexity_start']:.0f} -> {metrics['heldout_perplexity']:.1f} "
               f"in {metrics['wall_seconds']:.0f} s", flush=True)

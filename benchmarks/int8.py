@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 import leanlm
-from leanlm.bench.measure import BenchConfig, benchmark, set_threads
+from leanlm.bench.measure import BenchConfig, benchmark
+from leanlm.bench.timing import set_threads
 from leanlm.bench.report import write_report
 from leanlm.compress.quantize.int8_dynamic import Int8Dynamic
 from leanlm.runtime.torch_compile import compile_model

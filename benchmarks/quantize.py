@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import leanlm
     from leanlm.bench.evaluate import embedding_fidelity
-    from leanlm.bench.measure import BenchConfig, benchmark, set_threads
+    from leanlm.bench.measure import BenchConfig, benchmark
+    from leanlm.bench.timing import set_threads
     from leanlm.data import load_splits
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731

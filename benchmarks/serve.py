@@ -217,7 +217,7 @@ def build_model(args: argparse.Namespace, tmp: Path) -> str:
 
 
 def load_texts(n: int = 512) -> list[str]:
-    from leanlm.bench.measure import bench_texts
+    from leanlm.bench.timing import bench_texts
 
     try:
         from leanlm.data import load_splits

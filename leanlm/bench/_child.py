@@ -24,7 +24,7 @@ def peak_memory(directory: str | os.PathLike, config: Any, compile_mode: str | N
 
     Returns {"peak_rss_mb", "model_rss_mb" (peak minus the process after imports)} or {"error"}.
     """
-    from leanlm.bench.measure import usable_cores
+    from leanlm.bench.timing import usable_cores
 
     cmd = [sys.executable, "-m", "leanlm.bench._child", str(directory), "--seq-len", str(config.seq_len),
            "--batch", str(config.throughput_batch), "--threads", str(config.threads or usable_cores())]
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     import transformers  # noqa: F401  (libraries count in the baseline: every model pays for them)
 
     from leanlm.artifact import load_dir, read_record
-    from leanlm.bench.measure import fixed_batch, set_threads
+    from leanlm.bench.timing import fixed_batch, set_threads
     from leanlm.runtime.sentences import SENTENCES
     set_threads(args.threads)
     _preimport(args.directory, read_record(args.directory, verify=False))

@@ -76,7 +76,8 @@ def register(app: typer.Typer) -> None:
         title: str = typer.Option("leanlm benchmark", help="Report title."),
     ) -> None:
         """Measure models side by side (latency, throughput, size, memory, accuracy); print and write a report."""
-        from leanlm.bench.measure import BenchConfig, benchmark, set_threads
+        from leanlm.bench.measure import BenchConfig, benchmark
+        from leanlm.bench.timing import set_threads
         from leanlm.bench.report import write_report
 
         config = BenchConfig(seq_len=seq_len, repeats=repeats, throughput_repeats=throughput_repeats, warmup=warmup,

@@ -27,9 +27,10 @@ from typing import Any, Optional, Sequence
 import torch
 
 from leanlm.artifact import LeanModel
-from leanlm.compress.quantize import DEFAULT_SKIP, QuantContext, eligible_linears, is_quantized
-from leanlm.config import BaseConfig, check, names, register, transform, transform_for
-from leanlm.errors import ConfigError, UnsupportedError
+from leanlm.compress._verb import Verb
+from leanlm.compress.quantize import DEFAULT_SKIP, QuantContext, eligible_linears
+from leanlm.config import BaseConfig, check, register, transform
+from leanlm.errors import UnsupportedError
 from leanlm.shapes import register_kind
 
 FAMILY = "lowrank"
@@ -216,6 +217,10 @@ def _apply(model: LeanModel, config: LowRank, ctx: QuantContext) -> dict:
             **({"calibration_texts": min(config.samples, len(ctx.calibration or ()))} if config.whiten else {})}
 
 
+_VERB = Verb(FAMILY, "low-rank", "factorize", "a PyTorch model",
+             "factorize the float model, then quantize it (this one is already quantized)", QuantContext)
+
+
 def factorize_(model: LeanModel, config: BaseConfig, context: QuantContext | None = None, **kwargs: Any) -> LeanModel:
     """Factorize `model`'s linear layers in place with `config`; returns the same model.
 
@@ -232,16 +237,7 @@ def factorize_(model: LeanModel, config: BaseConfig, context: QuantContext | Non
         >>> factorize_(m, LowRank(size_ratio=0.5))
         >>> m.record.extra["svd"]["params_after"]
     """
-    if getattr(config, "family", None) != FAMILY:
-        raise ConfigError(f"{type(config).__name__} is not a low-rank config; valid: {', '.join(names(FAMILY))}")
-    if is_quantized(model):
-        raise UnsupportedError("factorize the float model, then quantize it (this one is already quantized)")
-    if model.backend != "torch" or not isinstance(model.module, torch.nn.Module):
-        raise UnsupportedError(f"factorize needs a PyTorch model; this one runs on {model.backend}")
-    context = context or QuantContext(**kwargs)
-    extra = transform_for(config)(model, config, context)
-    model.add_technique(config, **(extra or {}))
-    return model
+    return _VERB.apply_(model, config, context, kwargs)
 
 
 def factorize(model: LeanModel, config: BaseConfig, context: QuantContext | None = None, **kwargs: Any) -> LeanModel:

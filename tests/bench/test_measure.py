@@ -10,8 +10,9 @@ import math
 import pytest
 import torch
 
-from leanlm.bench.measure import (ROW_FIELDS, BenchConfig, BenchResult, benchmark, current_threads, fixed_batch,
-                                  machine_info, measure_speed, record_metrics, set_threads, weight_stats)
+from leanlm.bench.measure import (ROW_FIELDS, BenchConfig, BenchResult, benchmark, measure_speed, record_metrics,
+                                  weight_stats)
+from leanlm.bench.timing import current_threads, fixed_batch, machine_info, set_threads
 from leanlm.data import TextDataset
 from leanlm.errors import ConfigError, LeanlmError
 
@@ -164,7 +165,7 @@ def test_benchmark_causal_lm_quality(tiny_lm):
 # ----------------------------------------------------------------------------- protocol: rotation, real traffic, intervals
 
 def test_rounds_rotate_the_model_order():
-    from leanlm.bench.measure import rotated
+    from leanlm.bench.timing import rotated
 
     orders = [rotated(3, r) for r in range(4)]
     assert orders == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]] and rotated(1, 5) == [0]
@@ -174,21 +175,21 @@ def test_rounds_rotate_the_model_order():
 
 
 def test_speed_rounds_are_rotated(tiny_clf, monkeypatch):
-    import leanlm.bench.measure as measure
+    import leanlm.bench.timing as timing
 
     calls: list[int] = []
     models = [tiny_clf.clone() for _ in range(3)]
     for k, m in enumerate(models):
         m.tag = k
-    real = measure._time_call
-    monkeypatch.setattr(measure, "_time_call", lambda m, b: calls.append(m.tag) or real(m, b))
-    measure._speed(models, BenchConfig(**FAST | dict(warmup=0, repeats=3, throughput_repeats=1)), TEXTS)
+    real = timing._time_call
+    monkeypatch.setattr(timing, "_time_call", lambda m, b: calls.append(m.tag) or real(m, b))
+    timing._speed(models, BenchConfig(**FAST | dict(warmup=0, repeats=3, throughput_repeats=1)), TEXTS)
     timed = calls[6:]  # after the first calls (latency + throughput per model)
     assert timed[:9] == [0, 1, 2, 1, 2, 0, 2, 0, 1] and timed[9:] == [0, 1, 2]
 
 
 def test_traffic_batches_pad_per_batch(tiny_clf):
-    from leanlm.bench.measure import traffic_batches
+    from leanlm.bench.timing import traffic_batches
 
     texts = TEXTS[:5] + ["short", "tiny"]
     batches = traffic_batches(tiny_clf, texts, 3, 32)

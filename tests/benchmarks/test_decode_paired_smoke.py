@@ -69,9 +69,9 @@ def test_files_and_last_line_is_the_verdict(report, capsys):
 
 def test_missing_genai_is_skipped_not_a_crash(monkeypatch, tiny_lm, tmp_path):
     def missing():
-        raise UnsupportedError(f"OpenVINO GenAI peer needs openvino_genai: {peers.GENAI_INSTALL}")
+        raise UnsupportedError("the openvino-genai backend needs OpenVINO GenAI: pip install 'leanlm[genai]'")
 
-    monkeypatch.setattr(peers, "_genai", missing)
+    monkeypatch.setattr(peers, "require_genai", missing)
     s = dp.Settings(tokens=2, rounds=1, threads=1, compile=False, kld_tokens=0)
     from decode import prompt_ids
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from leanlm.artifact import LeanModel
-from leanlm.compress.quantize import QuantContext, is_quantized
-from leanlm.config import BaseConfig, lookup, names, transform_for
-from leanlm.errors import ConfigError, UnsupportedError
+from leanlm.compress._verb import Verb
+from leanlm.compress.quantize import QuantContext
+from leanlm.config import BaseConfig, lookup, names
 
 FAMILY = "prune"
 
@@ -41,6 +41,10 @@ class PruneContext(QuantContext):
         return self.require_calibration(method, minimum)
 
 
+_VERB = Verb(FAMILY, "pruning", "prune", "a PyTorch model",
+             "prune the float model, then quantize it (this one is already quantized)", PruneContext)
+
+
 def prune_(model: LeanModel, config: BaseConfig, context: PruneContext | None = None, **kwargs: Any) -> LeanModel:
     """Prune `model` in place with `config`; returns the same model.
 
@@ -52,16 +56,7 @@ def prune_(model: LeanModel, config: BaseConfig, context: PruneContext | None = 
 
     Raises UnsupportedError for a quantized model or one not running on PyTorch.
     """
-    if getattr(config, "family", None) != FAMILY:
-        raise ConfigError(f"{type(config).__name__} is not a pruning config; valid: {', '.join(names(FAMILY))}")
-    if is_quantized(model):
-        raise UnsupportedError("prune the float model, then quantize it (this one is already quantized)")
-    if model.backend != "torch":
-        raise UnsupportedError(f"prune needs a PyTorch model; this one runs on {model.backend}")
-    context = context or PruneContext(**kwargs)
-    extra = transform_for(config)(model, config, context)
-    model.add_technique(config, **(extra or {}))
-    return model
+    return _VERB.apply_(model, config, context, kwargs)
 
 
 def prune(model: LeanModel, config: BaseConfig, context: PruneContext | None = None, **kwargs: Any) -> LeanModel:

@@ -13,8 +13,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from leanlm.artifact import LeanModel
-from leanlm.config import BaseConfig, lookup, names, transform_for
-from leanlm.errors import ConfigError, UnsupportedError
+from leanlm.compress._verb import Verb
+from leanlm.config import BaseConfig, lookup, names
+from leanlm.errors import ConfigError
 
 FAMILY = "quantize"
 # Heads stay in float by default: they are tiny, and quantizing them costs accuracy for no speed.
@@ -68,6 +69,10 @@ def eligible_linears(module: torch.nn.Module, skip: Sequence[str] = DEFAULT_SKIP
     return out
 
 
+_VERB = Verb(FAMILY, "quantization", "quantize", "a float PyTorch model",
+             "model is already quantized ({done}); quantize the float model instead", QuantContext)
+
+
 def quantize_(model: LeanModel, config: BaseConfig, context: QuantContext | None = None, **kwargs: Any) -> LeanModel:
     """Quantize `model` in place with `config`; returns the same model.
 
@@ -80,17 +85,7 @@ def quantize_(model: LeanModel, config: BaseConfig, context: QuantContext | None
     Raises UnsupportedError for an already-quantized model, a model with no eligible layers,
     or a method that cannot run on this backend/CPU.
     """
-    if getattr(config, "family", None) != FAMILY:
-        raise ConfigError(f"{type(config).__name__} is not a quantization config; valid: {', '.join(names(FAMILY))}")
-    if is_quantized(model):
-        done = [t["type"] for t in model.record.techniques]
-        raise UnsupportedError(f"model is already quantized ({', '.join(done)}); quantize the float model instead")
-    if model.backend != "torch" or not isinstance(model.module, torch.nn.Module):
-        raise UnsupportedError(f"quantize needs a float PyTorch model; this one runs on {model.backend}")
-    context = context or QuantContext(**kwargs)
-    extra = transform_for(config)(model, config, context)
-    model.add_technique(config, **(extra or {}))
-    return model
+    return _VERB.apply_(model, config, context, kwargs)
 
 
 def quantize(model: LeanModel, config: BaseConfig, context: QuantContext | None = None, **kwargs: Any) -> LeanModel:
