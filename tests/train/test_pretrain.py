@@ -57,6 +57,18 @@ def test_nsp_pairs_half_random_and_random_from_another_document():
         nsp_pairs(tokdocs[:1], chunks(tokdocs[:1], 12), 12, np.random.default_rng(0))
 
 
+def test_nsp_length_does_not_tell_random_pairs_from_true_ones():
+    # regression: random Bs were filled to the full sequence, so a pair's length alone gave 0.95
+    # NSP accuracy on WikiText-2; now a random B has the length the true B would have had
+    rng = np.random.default_rng(0)
+    tokdocs = [[list(range(int(n))) for n in rng.integers(3, 15, size=int(rng.integers(2, 12)))] for _ in range(200)]
+    pairs = nsp_pairs(tokdocs, chunks(tokdocs, 30), 30, np.random.default_rng(1))
+    length = np.array([len(a) + len(b) for a, b, _ in pairs])
+    labels = np.array([lab for _, _, lab in pairs])
+    best_threshold = max(((length >= t) == labels).mean() for t in range(2, 31))
+    assert best_threshold < 0.6 and abs(length[labels == 1].mean() - length[labels == 0].mean()) < 1.5
+
+
 def test_collator_builds_bert_pairs(tok):
     batch = _Collator(tok, 0.15)([([7, 8, 9], [10, 11], 1), ([7], [8], 0)], np.random.default_rng(0))
     assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1]
