@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's leanlm, not an installed one
 
 from leanlm.data import TextDataset, load_dataset, load_splits  # noqa: E402
-from leanlm.train.finetune import FinetuneConfig, finetune, predict  # noqa: E402
+from leanlm.train.finetune import FinetuneConfig, finetune, finetune_loop, predict  # noqa: E402
 from leanlm.train.loop import LoopConfig, total_steps  # noqa: E402
 
 MODEL = "minilm-l6"
@@ -92,6 +92,7 @@ def plain_loop(train: TextDataset, labels: list[str], epochs: int, lr: float, se
     for p in m.parameters():
         p.requires_grad_(False)
     clf.record.training = {"result": {"steps": total, "best_step": total}}
+    clf.record.data = {"train_used": len(train)}
     return clf
 
 
@@ -128,10 +129,11 @@ def rows(train_size: int) -> dict[str, tuple[str, Callable]]:
     return {
         "old-1ep": ("leanlm before: 1 epoch", leanlm_rows(old(epochs=1), ts, keep_last=False)),
         "old-3ep": ("leanlm before: 3 epochs (best validation)", leanlm_rows(old(epochs=3), ts, keep_last=True)),
-        "plain-3ep": ("plain loop: 3 epochs", lambda s, lab: [("", "", plain_loop(s.train.head(ts) if ts else s.train, lab, 3, 5e-5))]),
+        "plain-3ep": ("plain loop: 3 epochs",
+                      lambda s, lab: [("", "", plain_loop(s.train.head(ts) if ts else s.train, lab, 3, 5e-5))]),
         "old-3ep-uniform": ("leanlm before, uniform batch order: 3 epochs (best validation)",
                             leanlm_rows(replace(old(epochs=3), bucket_window=0), ts, keep_last=True)),
-        "new-1ep": ("leanlm now (defaults): 1 epoch", leanlm_rows(FinetuneConfig(loop=LoopConfig(epochs=1)), ts, False)),
+        "new-1ep": ("leanlm now (defaults): 1 epoch", leanlm_rows(FinetuneConfig(loop=finetune_loop(epochs=1)), ts, False)),
         "new-3ep": ("leanlm now (defaults): 3 epochs", leanlm_rows(FinetuneConfig(), ts, keep_last=False)),
         "demo": ("leanlm demo schedule (full train split)", leanlm_rows(demo_config(), 0, keep_last=False)),
     }
@@ -152,14 +154,18 @@ def write(results: dict, out: Path) -> None:
     meta = results["meta"]
     sets = list(meta["sets"])
     lines = [f"# Transfer: fine-tune {MODEL} on movie-snippets, score elsewhere", "",
-             f"Train: movie-snippets train split (split seed 0), {meta['train_used']}; selection on its validation split "
+             "Train: movie-snippets train split (split seed 0; its first `train` examples); selection on its "
+             f"validation split "
              f"({meta['validation']}). Accuracy with bootstrap 95 % interval. One thread, seeds 0. {meta['sets_note']}", "",
-             "| row | " + " | ".join(sets) + " | steps | selected step |", "|---" * (len(sets) + 3) + "|"]
+             "| row | " + " | ".join(sets) + " | train | steps | selected step |", "|---" * (len(sets) + 4) + "|"]
     for name, r in results["rows"].items():
         cells = [f"{r['scores'][s]['accuracy']:.3f} [{r['scores'][s]['ci95'][0]:.3f}, {r['scores'][s]['ci95'][1]:.3f}]"
                  for s in sets]
-        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {r['steps']} | {r['best_step']} |")
+        train = r.get("train", meta["train_used"])
+        lines.append(f"| {r['label']} | " + " | ".join(cells) + f" | {train} | {r['steps']} | {r['best_step']} |")
     lines += ["", "Reproduce: `" + meta["command"] + "`", ""]
+    if results.get("findings"):  # the reading of the table, written by whoever ran it
+        lines += ["## Findings", "", *results["findings"], ""]
     (out / "transfer.md").write_text("\n".join(lines))
 
 
@@ -171,7 +177,11 @@ def main() -> None:
     ap.add_argument("--amazon", type=int, default=2000, help="amazon snippets scored (seed 0; 0 = all 3,708)")
     ap.add_argument("--rows", default="old-1ep,old-3ep,plain-3ep,old-3ep-uniform,new-3ep,demo")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "transfer")
+    ap.add_argument("--render", action="store_true", help="only rewrite transfer.md from transfer.json")
     args = ap.parse_args()
+    if args.render:
+        write(json.loads((args.out / "transfer.json").read_text()), args.out)
+        return
     torch.set_num_threads(1)  # another engineer trains on the other core
 
     splits = load_splits("movie-snippets", seed=0)
@@ -198,6 +208,7 @@ def main() -> None:
             res = (model.record.training or {}).get("result", {})
             results["rows"][key + key_suffix] = {
                 "label": label + label_suffix, "scores": score(model, sets, max_lengths), "steps": res.get("steps"),
+                "train": (model.record.data or {}).get("train_used"),
                 "best_step": res.get("best_step"), "seconds": round(time.perf_counter() - t0, 1)}
             print(json.dumps(results["rows"][key + key_suffix]), flush=True)
             write(results, args.out)
