@@ -135,7 +135,9 @@ def rows(train_size: int) -> dict[str, tuple[str, Callable]]:
                             leanlm_rows(replace(old(epochs=3), bucket_window=0), ts, keep_last=True)),
         "new-1ep": ("leanlm now (defaults): 1 epoch", leanlm_rows(FinetuneConfig(loop=finetune_loop(epochs=1)), ts, False)),
         "new-3ep": ("leanlm now (defaults): 3 epochs", leanlm_rows(FinetuneConfig(), ts, keep_last=False)),
-        "demo": ("leanlm demo schedule (full train split)", leanlm_rows(demo_config(), 0, keep_last=False)),
+        "demo-before": ("leanlm demo schedule before: 1 epoch, lr 6e-5, best of 3 validations",
+                        leanlm_rows(old(epochs=1, lr=6e-5, eval_every=89, patience=3), 0, keep_last=False)),
+        "demo": ("leanlm demo schedule now: 400 steps, lr 6e-5, last weights", leanlm_rows(demo_config(), 0, keep_last=False)),
     }
 
 

@@ -4,7 +4,8 @@ Callers supply a loss function, batches, an evaluation function and (optionally)
 trainable parameters and step hooks (e.g. AdaLoRA's rank reallocation). The loop does AdamW,
 linear warm-up then linear decay, gradient accumulation, gradient clipping, bf16 autocast,
 periodic validation, early stopping, checkpoints with exact resume, TensorBoard logging, and runs
-unchanged under `torchrun` (DDP, gloo on CPU); it restores the best weights at the end.
+unchanged under `torchrun` (DDP, gloo on CPU); it restores the best weights at the end (restore_best;
+fine-tuning keeps the last, annealed ones instead, see `leanlm.train.finetune.finetune_loop`).
 
 Resume is exact because the data order is a function of (seed, epoch) — callers build
 `batches(epoch)` from those — and the loop skips the batches a checkpoint has already consumed
