@@ -15,7 +15,8 @@ leanlm's loop, today's defaults, and the demo's schedule. One thread: accuracy o
 Rows are run one by one and merged into reports/transfer/transfer.{json,md} by name, so a study can
 be run in stages (`--rows`) without re-running the finished rows.
 
-    python benchmarks/transfer.py --train-size 3000 --rows old-1ep,old-3ep,plain-3ep
+    python benchmarks/transfer.py --train-size 2000 --imdb 1000 --amazon 1000 --rows old-3ep,plain-3ep,old-1ep
+    python benchmarks/transfer.py --rows demo-before,demo-400      # the demo rows train on the full split
 """
 from __future__ import annotations
 
@@ -137,7 +138,11 @@ def rows(train_size: int) -> dict[str, tuple[str, Callable]]:
         "new-3ep": ("leanlm now (defaults): 3 epochs", leanlm_rows(FinetuneConfig(), ts, keep_last=False)),
         "demo-before": ("leanlm demo schedule before: 1 epoch, lr 6e-5, best of 3 validations",
                         leanlm_rows(old(epochs=1, lr=6e-5, eval_every=89, patience=3), 0, keep_last=False)),
-        "demo": ("leanlm demo schedule now: 400 steps, lr 6e-5, last weights", leanlm_rows(demo_config(), 0, keep_last=False)),
+        # the demo now keeps the last weights of that same trajectory: "demo-before" scores it whenever its
+        # selected step is the last one
+        "demo-400": ("1.5x longer demo schedule: 400 steps, lr 6e-5, last weights",
+                     leanlm_rows(replace(demo_config(), loop=replace(demo_config().loop, epochs=2, max_steps=400)), 0,
+                                 keep_last=False)),
     }
 
 
@@ -177,7 +182,7 @@ def main() -> None:
     ap.add_argument("--imdb", type=int, default=2000, help="IMDB reviews scored (balanced, seed 0)")
     ap.add_argument("--imdb-length", type=int, default=128, help="IMDB reviews are truncated at this many tokens")
     ap.add_argument("--amazon", type=int, default=2000, help="amazon snippets scored (seed 0; 0 = all 3,708)")
-    ap.add_argument("--rows", default="old-1ep,old-3ep,plain-3ep,old-3ep-uniform,new-3ep,demo")
+    ap.add_argument("--rows", default="old-3ep,plain-3ep,old-1ep,demo-400,demo-before")
     ap.add_argument("--out", type=Path, default=ROOT / "reports" / "transfer")
     ap.add_argument("--render", action="store_true", help="only rewrite transfer.md from transfer.json")
     args = ap.parse_args()
