@@ -11,13 +11,21 @@ from pathlib import Path
 
 import typer
 
-# Chosen so the demo finishes in ~10 minutes on 2 cores: one epoch over the full training split of
-# movie-snippets (8,454 short sentences, 265 steps of 32, length-bucketed), validated three times,
-# keeping the best weights. A longer schedule (2 epochs) reached validation accuracy 0.85 after its
-# first epoch (seed 0), so one full epoch with the learning rate decayed to zero is enough for >= 0.83.
+# The demo fine-tunes for one epoch of movie-snippets (8,454 short sentences, 265 steps of 32,
+# length-bucketed, ~10 minutes for the whole demo on 2 cores), the learning rate decayed to zero at
+# the last step, and keeps the LAST weights (no checkpoint picked on the small validation split).
+# benchmarks/transfer.py (reports/transfer): this schedule scores 0.856 on movie-snippets, 0.786 on
+# IMDB and 0.754 on amazon; a 1.5x longer one (400 steps) scored 0.863 / 0.787 / 0.749, the same
+# within the 95 % intervals (about +-2.5 points), so the extra minutes buy no transfer.
 DEMO_EPOCHS = 1
 DEMO_LR = 6e-5
-DEMO_EVAL_EVERY = 89
+
+
+def demo_config():
+    """The demo's fine-tuning settings (benchmarks/transfer.py scores this schedule too)."""
+    from leanlm.train.finetune import FinetuneConfig, finetune_loop
+
+    return FinetuneConfig(loop=finetune_loop(epochs=DEMO_EPOCHS, lr=DEMO_LR, seed=0))
 
 
 def run_demo(out: Path = Path("runs/demo"), retrain: bool = False, repeats: int = 10) -> dict:
@@ -33,14 +41,13 @@ def run_demo(out: Path = Path("runs/demo"), retrain: bool = False, repeats: int 
     from leanlm.errors import ArtifactError
     from leanlm.runtime.openvino import with_shapes
     from leanlm.runtime.torch_compile import compile_model
-    from leanlm.train.finetune import FinetuneConfig, finetune, summary
-    from leanlm.train.loop import LoopConfig
+    from leanlm.train.finetune import finetune, summary
 
     console = Console()
     t0 = time.perf_counter()
     splits = load_splits("movie-snippets", seed=0)
     fp32_dir, int8_dir, static_dir = out / "sentiment-fp32", out / "sentiment-int8", out / "sentiment-int8-nncf"
-    cfg = FinetuneConfig(loop=LoopConfig(epochs=DEMO_EPOCHS, lr=DEMO_LR, eval_every=DEMO_EVAL_EVERY, patience=3, seed=0))
+    cfg = demo_config()
 
     console.rule("[bold]1/4 fine-tune minilm-l6 on movie-snippets")
     model = None
@@ -54,7 +61,7 @@ def run_demo(out: Path = Path("runs/demo"), retrain: bool = False, repeats: int 
             console.print(f"[yellow]{fp32_dir} is not usable ({e}); training again")
     if model is None:
         console.print(f"train {len(splits.train)} / validation {len(splits.validation)} / test {len(splits.test)}, "
-                      f"split seed 0, {DEMO_EPOCHS} epochs")
+                      f"split seed 0, {DEMO_EPOCHS} epoch(s), last weights")
         model = finetune("minilm-l6", splits, cfg, output=fp32_dir, overwrite=True)
     s = summary(model)
     console.print(f"float test accuracy [bold]{s['test_accuracy']:.4f}[/] ({s['steps']} steps, {s['seconds']} s)")

@@ -27,7 +27,8 @@ from leanlm.errors import ArtifactError, ConfigError
 CHECKPOINT_FILE = "checkpoint.pt"
 # LoopConfig fields that may change between an interrupted run and its resume: they decide where
 # files go and how often they are written, never the trained weights.
-NOT_FINGERPRINTED = ("checkpoint_dir", "checkpoint_every", "log_dir")
+# settings that change neither the trajectory nor its checkpoints (restore_best only picks the final weights)
+NOT_FINGERPRINTED = ("checkpoint_dir", "checkpoint_every", "log_dir", "restore_best")
 
 
 def fingerprint(module: torch.nn.Module, config: Any, steps_per_epoch: int) -> dict[str, Any]:

@@ -58,7 +58,10 @@ def register(app: typer.Typer) -> None:
         stride: int = typer.Option(128, help="question-answering: tokens shared by consecutive windows of a long context."),
         train_size: int = typer.Option(0, help="Use only this many training examples (0 = all)."),
         eval_every: int = typer.Option(0, help="Validate every N optimizer steps (0 = each epoch)."),
-        patience: int = typer.Option(2, help="Early-stopping patience in validations (0 = off)."),
+        patience: int = typer.Option(0, help="Early-stopping patience in validations (0 = off)."),
+        restore_best: bool = typer.Option(False, help="End on the best validation weights instead of the last "
+                                          "(annealed) ones, which transfer better to other text."),
+        bucket_window: int = typer.Option(50, help="Sort each window of N batches by length (less padding); 0 = uniform shuffle."),
         seed: int = typer.Option(0, help="Training seed."),
         split_seed: int = typer.Option(0, help="Seed of the train/validation/test split."),
         threads: int = typer.Option(0, help="Torch threads (0 = all cores)."),
@@ -82,8 +85,8 @@ def register(app: typer.Typer) -> None:
 
         if task not in TASKS:
             raise LeanlmError(did_you_mean(task, TASKS, "fine-tuning task"))
-        loop = LoopConfig(epochs=epochs, lr=lr, eval_every=eval_every, patience=patience, seed=seed,
-                          grad_accum=grad_accum, bf16=bf16, checkpoint_every=checkpoint_every,
+        loop = LoopConfig(epochs=epochs, lr=lr, eval_every=eval_every, patience=patience, restore_best=restore_best,
+                          seed=seed, grad_accum=grad_accum, bf16=bf16, checkpoint_every=checkpoint_every,
                           checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None,
                           log_dir=str(log_dir) if log_dir else None)
         qa = task == "question-answering"
@@ -92,7 +95,8 @@ def register(app: typer.Typer) -> None:
             cfg = QAFinetuneConfig(loop=loop, batch_size=batch_size, max_length=max_length or 384, stride=stride,
                                    train_size=train_size, split_seed=split_seed, threads=threads)
         else:
-            cfg = FinetuneConfig(loop=loop, batch_size=batch_size, max_length=max_length or 128, train_size=train_size,
+            cfg = FinetuneConfig(loop=loop, batch_size=batch_size, max_length=max_length or 128, bucket_window=bucket_window,
+                                 train_size=train_size,
                                  split_seed=split_seed, threads=threads, peft=peft_config(peft, peft_opt, peft_targets))
         if output.exists() and not overwrite:
             raise LeanlmError(f"{output} already exists; choose another output or pass --overwrite")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +18,22 @@ from leanlm.artifact import LeanModel
 from leanlm.config import BaseConfig, check
 from leanlm.data import Splits, TextDataset, load_splits
 from leanlm.errors import LeanlmError
-from leanlm.train.loop import LoopConfig, TrainResult, total_steps, train_loop
+from leanlm.train.loop import Hook, LoopConfig, TrainResult, total_steps, train_loop
 from leanlm.train.peft import adapt_, merge_, save_with_adapter
+
+
+def finetune_loop(**settings: Any) -> LoopConfig:
+    """Loop settings fine-tuning starts from: the LAST weights of the schedule, no early stopping.
+
+    The learning rate decays to zero at the last step, so the last weights are the annealed ones;
+    a "best" checkpoint picked on a small validation split of the training domain is often an
+    earlier, un-annealed one that scores the same there and transfers worse to other text
+    (benchmarks/transfer.py, issue 13). `restore_best=True, patience=2` gives the old behaviour.
+
+    Example:
+        >>> FinetuneConfig(loop=finetune_loop(epochs=1, lr=6e-5))
+    """
+    return LoopConfig(**{"patience": 0, "restore_best": False, **settings})
 
 
 @dataclass(frozen=True)
@@ -27,9 +41,12 @@ class FinetuneConfig(BaseConfig):
     """Sequence-classification fine-tuning settings.
 
     Args:
-        loop: optimisation settings (epochs, lr, warm-up, clipping, early stopping).
+        loop: optimisation settings (epochs, lr, warm-up, clipping, early stopping); default
+            `finetune_loop()`: 3 epochs, the last weights, no early stopping.
         batch_size: examples per step (dynamic padding per batch).
         max_length: truncate texts to this many tokens.
+        bucket_window: batch order. N > 0 sorts each window of N batches by text length (less padding,
+            so faster steps) and shuffles the batches; 0 shuffles examples uniformly.
         train_size: use only this many training examples (0 = all), for quick runs.
         eval_size: validate on at most this many validation examples (0 = all).
         split_seed: seed of the train/validation/test split (recorded in leanlm.json).
@@ -38,12 +55,13 @@ class FinetuneConfig(BaseConfig):
             merges them into the base (the adapter is kept in the model directory's `adapter/`).
 
     Example:
-        >>> FinetuneConfig(loop=LoopConfig(epochs=1, grad_accum=2), peft=AdaLora(init_r=12, target_r=4))
+        >>> FinetuneConfig(loop=finetune_loop(epochs=1, grad_accum=2), peft=AdaLora(init_r=12, target_r=4))
     """
 
-    loop: LoopConfig = field(default_factory=LoopConfig)
+    loop: LoopConfig = field(default_factory=finetune_loop)
     batch_size: int = 32
     max_length: int = 128
+    bucket_window: int = 50
     train_size: int = 0
     eval_size: int = 0
     split_seed: int = 0
@@ -53,6 +71,7 @@ class FinetuneConfig(BaseConfig):
     def validate(self) -> None:
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(8 <= self.max_length <= 8192, f"max_length must be in [8, 8192], got {self.max_length}")
+        check(self.bucket_window >= 0, f"bucket_window must be >= 0, got {self.bucket_window}")
         check(self.train_size >= 0 and self.eval_size >= 0, "train_size and eval_size must be >= 0")
         check(self.threads >= 0, "threads must be >= 0")
         check(self.peft is None or self.peft.family == "peft", f"peft must be a PEFT config (lora, adalora), "
@@ -60,14 +79,14 @@ class FinetuneConfig(BaseConfig):
 
 
 def _batches(model: LeanModel, data: TextDataset, batch_size: int, max_length: int, seed: int,
-             shuffle: bool) -> Iterator[dict[str, torch.Tensor]]:
+             shuffle: bool, bucket_window: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data)) if shuffle else np.arange(len(data))
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    if shuffle:
-        # Length bucketing: sort each window of 50 batches by text length so a batch pads to
+    if shuffle and bucket_window:
+        # Length bucketing: sort each window of batches by text length so a batch pads to
         # similar lengths (about 1.5x fewer tokens on short sentences), then shuffle batch order.
-        window = batch_size * 50
+        window = batch_size * bucket_window
         chunks = []
         for w in range(0, len(order), window):
             part = sorted(order[w : w + window], key=lambda j: len(data.texts[j]))
@@ -80,12 +99,17 @@ def _batches(model: LeanModel, data: TextDataset, batch_size: int, max_length: i
 
 
 @torch.inference_mode()
-def accuracy(model: LeanModel, data: TextDataset, batch_size: int = 64, max_length: int = 128) -> float:
-    correct = 0
+def predict(model: LeanModel, data: TextDataset, batch_size: int = 64, max_length: int = 128) -> np.ndarray:
+    """Predicted label per example of `data`, in order (shape [len(data)])."""
+    out = []
     for batch in _batches(model, data, batch_size, max_length, 0, shuffle=False):
-        labels = batch.pop("labels")
-        correct += int((model.module(**batch).logits.argmax(-1) == labels).sum())
-    return correct / len(data)
+        batch.pop("labels")
+        out.append(model.module(**batch).logits.argmax(-1).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def accuracy(model: LeanModel, data: TextDataset, batch_size: int = 64, max_length: int = 128) -> float:
+    return float((predict(model, data, batch_size, max_length) == np.asarray(data.labels)).mean())
 
 
 def finetune(
@@ -95,6 +119,7 @@ def finetune(
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    hooks: Sequence[Hook] = (),
 ) -> LeanModel:
     """Fine-tune an encoder for text classification (or, with a QAFinetuneConfig, extractive
     question answering); evaluate on the test split; optionally save.
@@ -105,6 +130,7 @@ def finetune(
         config: FinetuneConfig (loop settings, batch size, subset sizes, split seed), or
             `leanlm.train.qa.QAFinetuneConfig` for question answering (`leanlm.train.qa.finetune_qa`).
         output: directory to write the fine-tuned model to (atomically); None keeps it in memory.
+        hooks: step hooks handed to the training loop (`hook(step, module)` after each optimizer step).
 
     Returns the fine-tuned LeanModel; record.metrics holds validation and test accuracy
     (question answering: validation F1, test exact match and F1).
@@ -158,12 +184,14 @@ def finetune(
     adapter = adapt_(clf, config.peft, total_steps(config.loop, steps_per_epoch)) if config.peft else None
     result: TrainResult = train_loop(
         clf.module,
-        lambda epoch: _batches(clf, train, bs, ml, config.loop.seed * 1000 + epoch, shuffle=True),
+        lambda epoch: _batches(clf, train, bs, ml, config.loop.seed * 1000 + epoch, shuffle=True,
+                               bucket_window=config.bucket_window),
         steps_per_epoch,
         loss_fn,
         lambda module: accuracy(clf, val, max_length=ml),
         config.loop,
         trainable=adapter.trainable if adapter else None,
+        hooks=hooks,
         progress=progress,
         grad_hooks=adapter.grad_hooks if adapter else (),
     )

@@ -4,7 +4,8 @@ Callers supply a loss function, batches, an evaluation function and (optionally)
 trainable parameters and step hooks (e.g. AdaLoRA's rank reallocation). The loop does AdamW,
 linear warm-up then linear decay, gradient accumulation, gradient clipping, bf16 autocast,
 periodic validation, early stopping, checkpoints with exact resume, TensorBoard logging, and runs
-unchanged under `torchrun` (DDP, gloo on CPU); it restores the best weights at the end.
+unchanged under `torchrun` (DDP, gloo on CPU); it restores the best weights at the end (restore_best;
+fine-tuning keeps the last, annealed ones instead, see `leanlm.train.finetune.finetune_loop`).
 
 Resume is exact because the data order is a function of (seed, epoch) — callers build
 `batches(epoch)` from those — and the loop skips the batches a checkpoint has already consumed
@@ -47,6 +48,7 @@ class LoopConfig(BaseConfig):
         grad_clip: max global gradient norm (0 disables).
         eval_every: validate every N optimizer steps (0 = once per epoch).
         patience: stop after this many validations without improvement (0 disables).
+        restore_best: end with the weights of the best validation; False keeps the last weights.
         max_steps: hard cap on optimizer steps (0 = no cap).
         seed: seeds torch for dropout and shuffling.
         grad_accum: batches whose gradients are summed into one optimizer step (effective batch =
@@ -68,6 +70,7 @@ class LoopConfig(BaseConfig):
     grad_clip: float = 1.0
     eval_every: int = 0
     patience: int = 2
+    restore_best: bool = True
     max_steps: int = 0
     seed: int = 0
     grad_accum: int = 1
@@ -217,7 +220,7 @@ def train_loop(
     progress: bool = True,
     grad_hooks: Sequence[Hook] = (),
 ) -> TrainResult:
-    """Train `module` in place and restore its best validation weights.
+    """Train `module` in place; end on its best validation weights (or the last, see restore_best).
 
     Args:
         batches: epoch -> iterable of batches; the order must depend only on (seed, epoch), so a
@@ -378,7 +381,7 @@ def train_loop(
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-    if best_state is not None:
+    if best_state is not None and config.restore_best:
         module.load_state_dict(best_state)
     return TrainResult(state.best, state.best_step, state.step, time.perf_counter() - start, state.stopped, history,
                        resumed_from)

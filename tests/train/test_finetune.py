@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -5,7 +7,7 @@ import leanlm
 from leanlm.artifact import read_record
 from leanlm.data import TextDataset, make_splits
 from leanlm.errors import ConfigError, LeanlmError
-from leanlm.train.finetune import FinetuneConfig, finetune
+from leanlm.train.finetune import FinetuneConfig, _batches, finetune
 from leanlm.train.loop import LoopConfig, train_loop
 
 
@@ -82,3 +84,34 @@ def test_real_minilm_finetune_small_subset(tmp_path):
     back = leanlm.load(tmp_path / "ft")
     texts = ["a warm, funny and moving film", "a dull, pointless waste of time"]
     assert back.predict(texts) == m.predict(texts)
+
+
+def test_finetune_defaults_end_on_the_last_annealed_weights():
+    # issue 13: a mid-schedule "best" checkpoint picked on the small validation split transfers worse
+    loop = FinetuneConfig().loop
+    assert loop.restore_best is False and loop.patience == 0
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(2, 1)
+    scores = iter([0.5, 0.9, 0.1, 0.1])
+    snapshots = []
+
+    def evaluate(m):
+        snapshots.append(m.weight.detach().clone())
+        return next(scores)
+
+    x = torch.randn(16, 2)
+    res = train_loop(lin, lambda e: [{"x": x}], 1, lambda m, b: (m(b["x"]) ** 2).mean(), evaluate,
+                     replace(loop, epochs=4, lr=0.1, warmup_ratio=0.0), progress=False)
+    assert res.steps == 4 and res.best_step == 2 and not res.stopped_early
+    assert torch.equal(lin.weight, snapshots[-1]) and not torch.equal(lin.weight, snapshots[1])
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_batch_order_covers_every_example_once(tiny_clf, window):
+    texts = [("word " * (i % 7 + 1)).strip() for i in range(40)]
+    data = TextDataset(texts, [i % 2 for i in range(40)], ["negative", "positive"], "lengths")
+    batches = list(_batches(tiny_clf, data, 4, 32, seed=1, shuffle=True, bucket_window=window))
+    assert sum(len(b["labels"]) for b in batches) == 40
+    padded = sum(b["input_ids"].numel() for b in batches)
+    uniform = sum(b["input_ids"].numel() for b in _batches(tiny_clf, data, 4, 32, seed=1, shuffle=True))
+    assert (padded < uniform) if window else (padded == uniform)  # bucketing pads less; 0 is the uniform order
