@@ -22,20 +22,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's leanlm, not an installed one
-
-
-def correct(model, texts: list[str], labels: list[int], max_length: int) -> list[int]:
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(texts), 64):
-            batch = model.encode(texts[i:i + 64], max_length=max_length)
-            pred = model.module(**batch).logits.argmax(-1).tolist()
-            out += [int(p == y) for p, y in zip(pred, labels[i:i + 64])]
-    return out
 
 
 def step_times(splits, configs: dict, lrs: dict, rounds: int, steps: int, max_length: int) -> dict[str, float]:
@@ -99,7 +90,7 @@ def main() -> None:
     import leanlm
     from leanlm.bench.stats import format_interval, paired_bootstrap
     from leanlm.data import load_splits
-    from leanlm.train.finetune import FinetuneConfig
+    from leanlm.train.finetune import FinetuneConfig, predict
     from leanlm.train.loop import LoopConfig, total_steps
     from leanlm.train.peft import AdaLora, Lora
 
@@ -110,9 +101,9 @@ def main() -> None:
     configs = {"full": None, "lora r=8": Lora(r=8, alpha=16),
                "adalora 12->4": AdaLora(init_r=12, target_r=4, tinit=total // 10, tfinal=total // 5)}
     lrs = {"full": 5e-5, "lora r=8": 5e-4, "adalora 12->4": 5e-4}
-    test_texts, test_labels = list(splits.test.texts), list(splits.test.labels)
+    test_labels = np.asarray(splits.test.labels)
     results: dict = {"settings": vars(args) | {"lrs": lrs, "optimizer_steps": total,
-                                               "test_n": len(test_texts)}, "rows": {}}
+                                               "test_n": len(test_labels)}, "rows": {}}
     per_example = {}
     for name, cfg in configs.items():
         print(f"== {name} (lr {lrs[name]})", flush=True)
@@ -121,11 +112,11 @@ def main() -> None:
         t = time.perf_counter()
         model = leanlm.finetune("minilm-l6", splits, ft, progress=False)
         seconds = time.perf_counter() - t
-        per_example[name] = correct(model, test_texts, test_labels, args.max_length)
+        per_example[name] = (predict(model, splits.test, max_length=args.max_length) == test_labels).astype(int)
         peft_info = (model.record.training or {}).get("peft", {})
         base = sum(p.numel() for p in model.module.parameters())
         row = {"lr": lrs[name], "trainable_params": peft_info.get("trainable_params", base), "base_params": base,
-               "test_accuracy": sum(per_example[name]) / len(test_texts), "wall_seconds": round(seconds, 1),
+               "test_accuracy": float(per_example[name].mean()), "wall_seconds": round(seconds, 1),
                "validation_accuracy": model.record.metrics["validation"]["accuracy"]}
         if "final_ranks" in peft_info:
             init, final = peft_info["initial_ranks"], peft_info["final_ranks"]

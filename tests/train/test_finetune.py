@@ -44,19 +44,26 @@ def test_same_seed_same_model_from_a_base_directory(tmp_path):
         assert torch.equal(pa, pb), name
 
 
-def test_loop_restores_best_weights_and_stops_early():
+def _scored_linear_run(scores: list[float], config: LoopConfig):
+    """Train a 2->1 linear layer one step per epoch; validation returns `scores` in turn.
+    Returns the layer, the loop's result and the weights seen at each validation."""
     torch.manual_seed(0)
     lin = torch.nn.Linear(2, 1)
-    scores = iter([0.5, 0.9, 0.1, 0.1, 0.1, 0.1])
-    snapshots = []
+    it, snapshots = iter(scores), []
 
     def evaluate(m):
         snapshots.append(m.weight.detach().clone())
-        return next(scores)
+        return next(it)
 
     x = torch.randn(16, 2)
-    res = train_loop(lin, lambda e: [{"x": x}], 1, lambda m, b: (m(b["x"]) ** 2).mean(), evaluate,
-                     LoopConfig(epochs=6, lr=0.1, patience=2, warmup_ratio=0.0), progress=False)
+    res = train_loop(lin, lambda e: [{"x": x}], 1, lambda m, b: (m(b["x"]) ** 2).mean(), evaluate, config,
+                     progress=False)
+    return lin, res, snapshots
+
+
+def test_loop_restores_best_weights_and_stops_early():
+    lin, res, snapshots = _scored_linear_run([0.5, 0.9, 0.1, 0.1, 0.1, 0.1],
+                                             LoopConfig(epochs=6, lr=0.1, patience=2, warmup_ratio=0.0))
     assert res.stopped_early and res.best_step == 2 and res.steps == 4
     assert torch.equal(lin.weight, snapshots[1])
 
@@ -90,18 +97,7 @@ def test_finetune_defaults_end_on_the_last_annealed_weights():
     # issue 13: a mid-schedule "best" checkpoint picked on the small validation split transfers worse
     loop = FinetuneConfig().loop
     assert loop.restore_best is False and loop.patience == 0
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(2, 1)
-    scores = iter([0.5, 0.9, 0.1, 0.1])
-    snapshots = []
-
-    def evaluate(m):
-        snapshots.append(m.weight.detach().clone())
-        return next(scores)
-
-    x = torch.randn(16, 2)
-    res = train_loop(lin, lambda e: [{"x": x}], 1, lambda m, b: (m(b["x"]) ** 2).mean(), evaluate,
-                     replace(loop, epochs=4, lr=0.1, warmup_ratio=0.0), progress=False)
+    lin, res, snapshots = _scored_linear_run([0.5, 0.9, 0.1, 0.1], replace(loop, epochs=4, lr=0.1, warmup_ratio=0.0))
     assert res.steps == 4 and res.best_step == 2 and not res.stopped_early
     assert torch.equal(lin.weight, snapshots[-1]) and not torch.equal(lin.weight, snapshots[1])
 
