@@ -53,9 +53,10 @@ class Histogram:
         self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # bound >= value: Prometheus' `le`
-        self.sum += value
+    def observe(self, value: float, count: int = 1) -> None:
+        """Record `count` observations of `value`."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += count  # bound >= value: Prometheus' `le`
+        self.sum += value * count
 
     def buckets(self) -> list[tuple[str, int]]:
         """Cumulative (le, count) pairs ending with +Inf, as Prometheus' exposition wants them."""
@@ -165,8 +166,8 @@ class _Collector:
             run.add_metric(list(labels), s.run_hist.buckets(), s.run_hist.sum)
             sizes = Histogram(SIZE_BUCKETS)
             for n, count in s.sizes.items():
-                sizes.counts[bisect.bisect_left(sizes.bounds, n)] += count
-            size.add_metric(list(labels), sizes.buckets(), float(s.items))
+                sizes.observe(n, count)
+            size.add_metric(list(labels), sizes.buckets(), sizes.sum)
         yield from fam.values()
         yield from (depth, queue, run, size)
         uptime = GaugeMetricFamily("leanlm_uptime_seconds", "Seconds since the server started.")
