@@ -1,10 +1,13 @@
 """Dynamic batching: many concurrent requests for one model, one forward pass.
 
-Requests are queued on the event loop; a single gatherer task takes the first waiting request,
-waits up to `max_wait_ms` for more (or until `max_batch` items are waiting), runs them as ONE call
-of the blocking model function on the model's own worker thread, and scatters the results back to
-each request's future. While a batch runs, new requests keep queuing, so under load batches fill
-up on their own and the wait rarely matters.
+Requests are queued on the event loop; a single gatherer task takes what is waiting, runs it as
+ONE call of the blocking model function on the model's own worker thread, and scatters the results
+back to each request's future. While a batch runs, new requests keep queuing, so under load batches
+fill up on their own (continuous batching). When the worker is idle, the first request waits up to
+`max_wait_ms` for company only if recent requests arrived while others were queued or running (a
+running average of how many each found there): a lone client, however fast, finds the server empty
+every time and never waits for company that is not coming, while concurrent clients and bursts
+still gather into batches.
 
 The queue is bounded: past `max_queue` waiting requests `enqueue` raises `QueueFull` at once
 (the server answers 429) instead of letting latency and memory grow without limit. An exception
@@ -80,7 +83,8 @@ class Batcher:
         fn: blocking `fn(items) -> results`, one result per item, in order (one forward pass).
         max_batch: most items per call (1 = batching off: one request per call). A single request
             with more items than this still runs, alone.
-        max_wait_ms: how long the first waiting request may wait for company.
+        max_wait_ms: how long the first waiting request may wait for company, when recent arrivals
+            say company is likely (0: never wait, run what is queued).
         max_queue: most requests waiting (not yet running) before `enqueue` raises QueueFull.
         name: names the worker thread (shows in stack dumps and profilers).
         tokens_of: `tokens_of(item) -> int`, an item's length in tokens; with `max_batch_tokens`
@@ -108,6 +112,8 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._closed = False
         self._busy = False  # a batch is on the worker thread
+        self._running = 0  # requests in the batch on the worker thread
+        self._company = 0.0  # running average of how many requests each arrival found queued or running
         # one thread per model: model objects (and their tokenizers) are not promised to be
         # thread-safe, and a slow model (a decoder) must never hold up another model's batches
         self._owns_executor = executor is None
@@ -129,6 +135,7 @@ class Batcher:
             self._wakeup = asyncio.Event()
             self._task = loop.create_task(self._gather_loop(), name=f"batcher-{self.name}")
         future = loop.create_future()
+        self._company = 0.7 * self._company + 0.3 * min(len(self._queue) + self._running, 4)
         self._queue.append(_Pending(list(items), future, loop.time()))
         self.stats.requests += 1
         self._wakeup.set()
@@ -152,6 +159,10 @@ class Batcher:
 
     # ------------------------------------------------------------------ the gatherer
 
+    def company_expected(self) -> bool:
+        """Whether waiting is likely to bring company: recent arrivals mostly found others in the server."""
+        return self.max_wait > 0 and self._company >= 0.5
+
     def _waiting_items(self) -> int:
         return sum(len(p.items) for p in self._queue if not p.future.done())
 
@@ -163,7 +174,7 @@ class Batcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             deadline = self._queue[0].enqueued + self.max_wait
-            while self.max_batch > 1 and self._waiting_items() < self.max_batch:
+            while self.max_batch > 1 and self.company_expected() and self._waiting_items() < self.max_batch:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -203,7 +214,7 @@ class Batcher:
             self.stats.queue_ms.append((now - p.enqueued) * 1e3)
             self.stats.queue_hist.observe(now - p.enqueued)
         t0 = time.perf_counter()
-        self._busy = True
+        self._busy, self._running = True, len(batch)
         try:
             results = list(await loop.run_in_executor(self._executor, self.fn, items))
             if len(results) != len(items):
@@ -215,7 +226,7 @@ class Batcher:
                     p.future.set_exception(e)
             return
         finally:
-            self._busy = False
+            self._busy, self._running = False, 0
             ran = time.perf_counter() - t0
             self.stats.run_ms.append(ran * 1e3)
             self.stats.run_hist.observe(ran)

@@ -66,7 +66,11 @@ def serve_cmd(
     timeout_s: float = typer.Option(_D.timeout_s, help="Answer 504 after this many seconds."),
     warmup: bool = typer.Option(_D.warmup, "--warmup/--no-warmup", help="Run one request per model before ready."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="One JSON line per request on stderr."),
-    workers: int = typer.Option(1, help="Worker processes on the one port, each with its own copy of the models."),
+    workers: int = typer.Option(1, help="Worker processes on the one port, each with its own copy of the models "
+                                "(and its own Python interpreter: on CPU, 2+ single-thread workers usually beat "
+                                "one worker using every core; see README, Serving)."),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads per worker process (default: every core, "
+                                          "or cores // workers with --workers)."),
     knowledge_base: Optional[str] = typer.Option(None, "--knowledge-base", help="Passages for /v1/answer without a "
                                                  "context: .txt (a passage per paragraph), .jsonl, SQuAD .json, a "
                                                  "directory of them, or a saved index."),
@@ -79,6 +83,10 @@ def serve_cmd(
 ) -> None:
     """Serve models over HTTP: classify, embeddings, answer, completions and chat (OpenAI-compatible), with dynamic
     batching and a web page at /."""
+    if threads is None and workers > 1:
+        from leanlm.runtime.onnxruntime import thread_count
+
+        threads = max(1, thread_count() // workers)  # N processes x all cores each would oversubscribe
     options = dict(locals())  # the parameters share the config's field names
     config = ServeConfig(**{f.name: options[f.name] for f in dataclasses.fields(ServeConfig)})
     from leanlm.errors import ConfigError
@@ -145,4 +153,5 @@ def _announce(names: List[str], host: str, port: int, config: ServeConfig, worke
               unit: str = "workers") -> None:
     typer.echo(f"leanlm serve: {', '.join(names)} on http://{host}:{port} (max_batch={config.max_batch}, "
                f"max_wait_ms={config.max_wait_ms:g}, max_queue={config.max_queue}"
+               + (f", threads={config.threads}" if config.threads else "")
                + (f", {unit}={workers})" if workers > 1 or unit != "workers" else ")"), err=True)

@@ -28,6 +28,9 @@ class ServeConfig(BaseConfig):
             directory of them, or a saved `leanlm.index` directory); see `leanlm.serve.knowledge`.
         embedder: the model that embeds the knowledge base and the questions (a served model's
             name, a directory or a bundled name; default: the only served embedding model, else minilm-l6).
+        threads: intra-op threads of each server process's models (torch, and LEANLM_THREADS for
+            ONNX Runtime / OpenVINO); None: every core this process may use. With `--workers N`
+            the CLI defaults it to cores // N, so N processes do not fight over the same cores.
 
     Example:
         >>> app = create_app(ModelRegistry.load(["runs/sentiment"], ServeConfig(max_batch=16, api_key="s3cret")))
@@ -46,6 +49,7 @@ class ServeConfig(BaseConfig):
     warmup: bool = True
     knowledge_base: Optional[str] = None
     embedder: Optional[str] = None
+    threads: Optional[int] = None
 
     def validate(self) -> None:
         for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens", "max_texts",
@@ -59,7 +63,21 @@ class ServeConfig(BaseConfig):
               f"timeout_s must be > 0, got {self.timeout_s!r}")
         check(self.api_key is None or (isinstance(self.api_key, str) and self.api_key.strip() != ""),
               "api_key must be a non-empty string when given")
+        check(self.threads is None or (isinstance(self.threads, int) and not isinstance(self.threads, bool)
+                                       and self.threads >= 1), f"threads must be an integer >= 1, got {self.threads!r}")
         for name in ("knowledge_base", "embedder"):
             value = getattr(self, name)
             check(value is None or (isinstance(value, str) and value.strip() != ""),
                   f"{name} must be a non-empty string when given")
+
+
+def apply_threads(threads: Optional[int]) -> None:
+    """Set this process's intra-op threads before its models load (None: leave the defaults)."""
+    if threads is None:
+        return
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["LEANLM_THREADS"] = str(threads)  # read by the ONNX Runtime and OpenVINO runners

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import collections
 import contextvars
+import os
 import time
 from typing import Any, Iterable, Sequence
 
@@ -104,6 +105,7 @@ class Metrics:
             by_path[path][str(status)] += n
         models = registry.metrics()
         return {
+            "pid": os.getpid(),  # with --workers N each worker counts its own requests: this says whose
             "uptime_s": round(time.time() - self.started, 3),
             "requests": {p: dict(v) for p, v in by_path.items()},
             "latency_ms": {path: percentiles(window) for path, window in self.latency.items()},

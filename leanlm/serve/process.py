@@ -70,14 +70,19 @@ class ServerProcess:
         return " | ".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def rss_mb(self) -> float:
-        """The server's resident memory in MiB (Linux /proc), NaN where unknown."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
+        """The server's resident memory in MiB (Linux /proc), its worker processes included; NaN where unknown."""
+        total, pids = 0.0, [self.proc.pid]
+        while pids:
+            pid = pids.pop()
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
+                pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            except (OSError, ValueError):
+                if pid == self.proc.pid:
+                    return float("nan")
+        return total
 
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM (in-flight requests finish), then SIGKILL if it does not exit within `timeout`."""

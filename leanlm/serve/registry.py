@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 from leanlm.errors import ConfigError, LeanlmError
 from leanlm.serve.batcher import BatchFn, Batcher, Closed, QueueFull
 from leanlm.serve.metrics import note_model
-from leanlm.serve.config import ServeConfig
+from leanlm.serve.config import ServeConfig, apply_threads
 from leanlm.serve.schemas import ApiError
 
 
@@ -182,6 +182,7 @@ class ModelRegistry:
         """Load model directories or bundled names; `named` maps explicit names to specs."""
         from leanlm.models.loading import load
 
+        apply_threads((config or ServeConfig()).threads)  # before loading: runtimes read it at session start
         return cls({name: load(spec) for name, spec in _named_specs(specs, named)}, config)
 
     def names(self) -> list[str]:

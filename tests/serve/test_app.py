@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 
 import httpx
@@ -96,12 +97,29 @@ def test_registry_names_and_errors(tmp_path):
         ModelRegistry({})
     with pytest.raises(ConfigError, match="max_batch"):
         ServeConfig(max_batch=0)
+    with pytest.raises(ConfigError, match="threads"):
+        ServeConfig(threads=0)
+
+
+def test_threads_are_set_before_the_models_load(tmp_path, monkeypatch):
+    import torch
+
+    d = tiny_encoder().save(tmp_path / "clf")
+    before = torch.get_num_threads()
+    monkeypatch.delenv("LEANLM_THREADS", raising=False)
+    try:
+        ModelRegistry.load([str(d)], ServeConfig(threads=1))
+        assert torch.get_num_threads() == 1 and os.environ["LEANLM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
+        os.environ.pop("LEANLM_THREADS", None)
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["serve"], "at least one model"),
     (["serve", "--name", "oops"], "NAME=DIR"),
     (["serve", "x", "--max-batch", "0"], "max_batch"),
+    (["serve", "x", "--threads", "0"], "threads"),
     (["serve", "x", "--port", "70000"], "--port"),
     (["serve", "/no/such/dir"], "does not exist"),
 ])

@@ -77,6 +77,34 @@ def test_batching_off_runs_one_request_per_call():
     assert elapsed < 2  # max_batch=1 never waits for company
 
 
+def test_a_lone_client_never_waits_for_company_but_concurrent_requests_are_gathered():
+    fast, slow = Recorder(), Recorder(delay=0.03)
+
+    async def main():
+        lone = Batcher(fast, max_batch=32, max_wait_ms=80, max_queue=100)
+        waits = []
+        for i in range(20):  # one client, back to back: each request finds the server empty
+            t0 = time.perf_counter()
+            await lone.submit([f"lone{i}"])
+            waits.append(time.perf_counter() - t0)
+        await lone.close()
+
+        busy = Batcher(slow, max_batch=32, max_wait_ms=80, max_queue=100)
+
+        async def later(i):
+            await asyncio.sleep(0.01 * i)  # arrivals 10 ms apart while 30 ms batches run
+            return await busy.submit([f"s{i}"])
+
+        out = await asyncio.gather(*(later(i) for i in range(12)))
+        await busy.close()
+        return waits, out
+
+    waits, out = run(main())
+    assert max(waits) < 0.04  # none of them sat out the 80 ms wait
+    assert out == [[f"<s{i}>"] for i in range(12)]
+    assert len(slow.calls) <= 6  # gathered, not run one by one
+
+
 def test_full_queue_raises_at_once_and_counts_rejections():
     fn = Recorder(delay=0.2)
 
