@@ -26,7 +26,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -116,8 +116,11 @@ class AdaLora(BaseConfig):
         target_r: average rank per layer at the end of budgeting.
         alpha: scaling numerator.
         dropout: dropout on the adapter's input.
-        tinit: optimizer steps before budgeting starts (warm-up at full rank).
-        tfinal: final optimizer steps with the ranks frozen.
+        tinit: optimizer steps before budgeting starts (warm-up at full rank); None: the first
+            10 % of the run's steps.
+        tfinal: final optimizer steps with the ranks frozen; None: the last 20 %. (The AdaLoRA
+            authors advise a budgeting phase of at least half the run; with both at 0 the ranks are
+            cut from the first step, on importance scores that have seen almost nothing.)
         delta_t: reallocate every delta_t steps.
         beta1, beta2: smoothing of the importance scores.
         orth_reg_weight: weight of the orthogonality regulariser added to the loss.
@@ -131,8 +134,8 @@ class AdaLora(BaseConfig):
     target_r: int = 4
     alpha: int = 16
     dropout: float = 0.05
-    tinit: int = 0
-    tfinal: int = 0
+    tinit: Optional[int] = None
+    tfinal: Optional[int] = None
     delta_t: int = 1
     beta1: float = 0.85
     beta2: float = 0.85
@@ -142,7 +145,8 @@ class AdaLora(BaseConfig):
         check(1 <= self.target_r <= self.init_r, f"adalora: need 1 <= target_r <= init_r, got {self.target_r} and {self.init_r}")
         check(self.alpha > 0, f"adalora: alpha must be > 0, got {self.alpha}")
         check(0 <= self.dropout < 1, f"adalora: dropout must be in [0, 1), got {self.dropout}")
-        check(self.tinit >= 0 and self.tfinal >= 0 and self.delta_t >= 1, "adalora: tinit, tfinal >= 0 and delta_t >= 1")
+        check((self.tinit is None or self.tinit >= 0) and (self.tfinal is None or self.tfinal >= 0)
+              and self.delta_t >= 1, "adalora: tinit, tfinal >= 0 and delta_t >= 1")
         check(0 < self.beta1 < 1 and 0 < self.beta2 < 1, "adalora: beta1 and beta2 must be in (0, 1)")
         check(self.orth_reg_weight >= 0, "adalora: orth_reg_weight must be >= 0")
 
@@ -197,6 +201,9 @@ def adapt_(model: LeanModel, config: BaseConfig, total_steps: int) -> Adapter:
     adapter.info = {"config": config.to_dict(), "target_modules": list(targets), "trained_heads": list(heads),
                     "total_steps": total_steps, "base_params": full,
                     "trainable_params": sum(p.numel() for n, p in module.named_parameters() if n in names)}
+    if getattr(peft_config, "tinit", None) is not None:  # AdaLoRA: the schedule as resolved for this run
+        adapter.info["budget_schedule"] = {"tinit": peft_config.tinit, "tfinal": peft_config.tfinal,
+                                           "total_step": total_steps}
     for hook in config.grad_hooks(module):
         adapter.grad_hooks.append(hook)
         adapter.info.update(hook.describe())
@@ -212,13 +219,15 @@ def _lora(config: Lora, targets: list[str], heads: list[str], total_steps: int, 
 
 @transform(AdaLora)
 def _adalora(config: AdaLora, targets: list[str], heads: list[str], total_steps: int, task_type: Any) -> Any:
-    if config.tinit + config.tfinal >= total_steps:
-        raise ConfigError(f"adalora: tinit ({config.tinit}) + tfinal ({config.tfinal}) leave no budgeting phase in a "
+    tinit = total_steps // 10 if config.tinit is None else config.tinit
+    tfinal = total_steps // 5 if config.tfinal is None else config.tfinal
+    if tinit + tfinal >= total_steps:
+        raise ConfigError(f"adalora: tinit ({tinit}) + tfinal ({tfinal}) leave no budgeting phase in a "
                           f"{total_steps}-step run; lower them or train longer")
     peft = require_peft()
     return peft.AdaLoraConfig(task_type=task_type, init_r=config.init_r, target_r=config.target_r,
-                              lora_alpha=config.alpha, lora_dropout=config.dropout, tinit=config.tinit,
-                              tfinal=config.tfinal, deltaT=config.delta_t, beta1=config.beta1, beta2=config.beta2,
+                              lora_alpha=config.alpha, lora_dropout=config.dropout, tinit=tinit,
+                              tfinal=tfinal, deltaT=config.delta_t, beta1=config.beta1, beta2=config.beta2,
                               orth_reg_weight=config.orth_reg_weight, total_step=total_steps,
                               target_modules=list(targets), modules_to_save=list(heads) or None)
 

@@ -197,3 +197,11 @@ def test_real_minilm_lora_small_subset(tmp_path):
     back = leanlm.load(tmp_path / "ft")
     texts = ["a warm, funny and moving film", "a dull, pointless waste of time"]
     assert back.predict(texts) == m.predict(texts)
+
+
+def test_adalora_default_schedule_leaves_half_the_run_for_budgeting(tiny_clf):
+    # tinit = tfinal = 0 cut ranks from the first step; the defaults are fractions of the run
+    model = tiny_clf.clone()
+    adapter = adapt_(model, AdaLora(init_r=6, target_r=2), total_steps=100)
+    assert adapter.info["budget_schedule"] == {"tinit": 10, "tfinal": 20, "total_step": 100}
+    assert AdaLora.from_dict(AdaLora().to_dict()) == AdaLora()
