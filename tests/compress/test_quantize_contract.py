@@ -73,6 +73,8 @@ def test_contract(row, request, tmp_path, sentences, calibration):
 
     ref, out = outputs(base, sentences), outputs(q, sentences)
     assert torch.isfinite(out).all()
+    if q.record.extra.get(config.name, {}).get("reduce_range"):
+        min_db -= 6.0  # 7-bit weights (a CPU without VNNI): one bit less, ~6 dB less weight SQNR
     assert sqnr_db(ref, out) >= min_db, f"{config.name}: SQNR {sqnr_db(ref, out):.1f} dB < {min_db}"
 
     q.save(tmp_path / "q")

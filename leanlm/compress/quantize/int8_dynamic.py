@@ -10,6 +10,8 @@ Two backends:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 from leanlm.artifact import LeanModel
 from leanlm.compress.quantize import DEFAULT_SKIP, FAMILY, QuantContext, eligible_linears
@@ -35,6 +37,10 @@ class Int8Dynamic(BaseConfig):
         fuse: onnxruntime only: fuse attention/LayerNorm/GELU before quantizing, so attention's
             Q/K/V projection is one int8 MatMul.
         embeddings: onnxruntime only: also quantize the embedding tables (4x smaller file, no faster).
+        reduce_range: onnxruntime only: 7-bit weights. None (default) decides by this CPU: an x86 CPU
+            without VNNI (AVX2 only) multiplies u8 activations by s8 weights in pairs summed in
+            int16, which saturates with 8-bit weights (ONNX Runtime's own advice for such CPUs);
+            7-bit weights cannot overflow it. The choice made is recorded with the model.
 
     Example:
         >>> quantize_(model, Int8Dynamic(backend="onnxruntime"))   # model now runs on ONNX Runtime
@@ -45,6 +51,7 @@ class Int8Dynamic(BaseConfig):
     per_channel: bool = True
     fuse: bool = True
     embeddings: bool = False
+    reduce_range: Optional[bool] = None
 
     def validate(self) -> None:
         check(self.backend in BACKENDS, f"int8-dynamic: backend must be one of {BACKENDS}, got {self.backend!r}")
@@ -52,6 +59,20 @@ class Int8Dynamic(BaseConfig):
             check(self.per_channel, "int8-dynamic: the torch backend (torchao) is always per channel; "
                                     "per_channel=False needs backend='onnxruntime'")
             check(not self.embeddings, "int8-dynamic: embeddings=True needs backend='onnxruntime'")
+            check(self.reduce_range is None, "int8-dynamic: reduce_range needs backend='onnxruntime'")
+
+
+def int16_saturation_risk() -> bool:
+    """Whether this CPU runs ONNX Runtime's u8 x s8 int8 MatMul with pairwise int16 sums (x86 without VNNI)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False  # unknown: keep ONNX Runtime's default
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 @transform(Int8Dynamic)
@@ -82,11 +103,13 @@ def _apply_ort(model: LeanModel, config: Int8Dynamic) -> dict:
     with exported(model, fuse=config.fuse) as (path, info):
         exclude = nodes_matching(path, config.skip)
         out = path.with_name("model.int8.onnx")
+        reduce_range = int16_saturation_risk() if config.reduce_range is None else config.reduce_range
         with quiet_ort_tools():
             quantize_dynamic(path, out, op_types_to_quantize=op_types, per_channel=config.per_channel,
+                             reduce_range=reduce_range,
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                              # fused contrib ops defeat ONNX shape inference; their outputs are float
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
         source = GraphSource(data=out.read_bytes())
     adopt(model, ort_model(source, model, info))
-    return {"excluded_nodes": len(exclude)}
+    return {"excluded_nodes": len(exclude), "reduce_range": reduce_range}
