@@ -166,6 +166,7 @@ def finetune(
                 raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed; "
                                   "only --peft trains on a compressed classifier with the same labels)")
             clf = base  # PEFT on a compressed classifier (QLoRA style): its quantized weights stay frozen
+            torch.manual_seed(config.loop.seed)  # the adapter's initial weights are random: the seed decides them
         else:
             # the new classification head is random: seed it, so the training seed decides the whole run
             torch.manual_seed(config.loop.seed)
