@@ -152,6 +152,8 @@ def finetune(
     if not labels:
         raise LeanlmError(f"{splits.name} is question-answering data; fine-tune it with QAFinetuneConfig "
                           "(--task question-answering)")
+    # everything random in the run (a fresh head, the adapter's initial weights) follows the training seed
+    torch.manual_seed(config.loop.seed)
     if isinstance(model, LeanModel):
         if model.task != "sequence-classification" or (model.labels and list(model.labels) != list(labels)):
             raise LeanlmError("pass a model name or directory; a fresh classification head is built for the labels")
@@ -166,9 +168,8 @@ def finetune(
                 raise LeanlmError("fine-tune the float model, then compress it (this one is already compressed; "
                                   "only --peft trains on a compressed classifier with the same labels)")
             clf = base  # PEFT on a compressed classifier (QLoRA style): its quantized weights stay frozen
-            torch.manual_seed(config.loop.seed)  # the adapter's initial weights are random: the seed decides them
         else:
-            # the new classification head is random: seed it, so the training seed decides the whole run
+            # the new head is random: re-seed after loading the base, so its weights do not depend on what loading drew
             torch.manual_seed(config.loop.seed)
             clf = load(base.path or model, task="sequence-classification", labels=labels)
             clf.record.base_model = base.record.base_model

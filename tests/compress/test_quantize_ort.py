@@ -14,6 +14,8 @@ from leanlm.compress.quantize.nncf_static import Int8Nncf, module_pattern
 from leanlm.config import BaseConfig
 from leanlm.errors import ConfigError, UnsupportedError
 
+from test_quantize_contract import sqnr_floor
+
 
 def _out(model, texts):
     return model(**model.encode(texts, max_length=32)).float()
@@ -27,9 +29,7 @@ def _sqnr(ref, out):
 def _check(base, q, config, sentences, tmp_path, min_db):
     ref, out = _out(base, sentences), _out(q, sentences)
     assert torch.isfinite(out).all()
-    if q.record.extra.get(config.name, {}).get("reduce_range"):
-        min_db -= 6.0  # 7-bit weights (a CPU without VNNI): one bit less, ~6 dB less weight SQNR
-    assert _sqnr(ref, out) >= min_db
+    assert _sqnr(ref, out) >= sqnr_floor(q, config, min_db)
     q.save(tmp_path / "q")
     back = leanlm.load(tmp_path / "q")
     assert back.backend == q.backend and back.record.technique_configs()[-1] == config

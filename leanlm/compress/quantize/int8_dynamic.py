@@ -9,12 +9,13 @@ Two backends:
 """
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 from leanlm.artifact import LeanModel
 from leanlm.compress.quantize import DEFAULT_SKIP, FAMILY, QuantContext, eligible_linears
+from leanlm.compress.quantize.half import cpu_flags
 from leanlm.config import BaseConfig, check, register, transform
 from leanlm.errors import UnsupportedError
 
@@ -64,14 +65,9 @@ class Int8Dynamic(BaseConfig):
 
 def int16_saturation_risk() -> bool:
     """Whether this CPU runs ONNX Runtime's u8 x s8 int8 MatMul with pairwise int16 sums (x86 without VNNI)."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return False  # unknown: keep ONNX Runtime's default
+    flags = cpu_flags()
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86") or not flags:
+        return False  # not x86, or flags unknown: keep ONNX Runtime's default
     return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
