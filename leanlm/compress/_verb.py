@@ -50,5 +50,10 @@ class Verb:
             raise UnsupportedError(f"{self.name} needs {self.needs}; this one runs on {model.backend}")
         context = context or self.context(**kwargs)
         extra = transform_for(config)(model, config, context)
+        # Accuracy measured before this step no longer describes the model: keep it, labelled as
+        # its source's, so a saved pruned or quantized model never shows its teacher's test score.
+        metrics = model.record.metrics
+        if metrics and set(metrics) != {"source"}:
+            model.record.metrics = {"source": {"measured_before": config.name, **metrics}}
         model.add_technique(config, **(extra or {}))
         return model

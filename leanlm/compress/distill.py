@@ -518,7 +518,8 @@ def distill(
 
 @transform(DistillConfig)
 def recipe_step(model: LeanModel, config: DistillConfig, *, teacher: Any, splits: Splits | None = None,
-                calibration: Sequence[str] | None = None, labels: Sequence[int] | None = None) -> LeanModel:
+                calibration: Sequence[str] | None = None, labels: Sequence[int] | None = None,
+                progress: bool = False) -> LeanModel:
     """A recipe step: distill `teacher` into `model` (the current step's model) and return the trained copy.
 
     Args:
@@ -528,9 +529,10 @@ def recipe_step(model: LeanModel, config: DistillConfig, *, teacher: Any, splits
         splits: the recipe's dataset; when None, `calibration` texts are the (teacher-labelled) data.
         calibration: extra unlabeled texts, used only without `splits`.
         labels: ignored (the teacher labels the texts).
+        progress: show the training loop's progress bar.
 
     Example:
         >>> student = recipe_step(pruned, DistillConfig(), teacher=fp32, splits=splits, calibration=None, labels=None)
     """
     del labels
-    return _run(teacher, model, splits, config, list(calibration or []) if splits is None else [], progress=False)
+    return _run(teacher, model, splits, config, list(calibration or []) if splits is None else [], progress=progress)

@@ -226,8 +226,8 @@ def step_dir_name(index: int, config: BaseConfig) -> str:
 class _Inputs:
     """Task data and teacher, loaded once and only if a step runs."""
 
-    def __init__(self, model_dir: Path, recipe: Recipe):
-        self.model_dir, self.recipe = model_dir, recipe
+    def __init__(self, model_dir: Path, recipe: Recipe, progress: bool = False):
+        self.model_dir, self.recipe, self.progress = model_dir, recipe, progress
         self._splits: Any = None
 
     def splits(self) -> Any:
@@ -246,6 +246,8 @@ class _Inputs:
                "labels": list(splits.train.labels[:n]) if splits else None, "teacher": None}
         if "teacher" in inspect.signature(fn).parameters:  # only steps that use one pay for loading it
             out["teacher"] = load(self.model_dir)  # fresh: one step cannot change the next one's teacher
+        if "progress" in inspect.signature(fn).parameters:  # training steps show their progress bar
+            out["progress"] = self.progress
         return out
 
 
@@ -309,7 +311,7 @@ def run_recipe(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise ArtifactError(f"{out} is not empty and holds no {RECIPE_FILE}; choose another output or pass overwrite")
     out.mkdir(parents=True, exist_ok=True)
     say = print if progress else (lambda *a, **k: None)
-    inputs = _Inputs(model_dir, recipe)
+    inputs = _Inputs(model_dir, recipe, progress)
     status = [{"step": i, "dir": step_dir_name(i, c), "config": c.to_dict(), "status": "pending"}
               for i, c in enumerate(recipe.steps, 1)]
     summary = {"recipe": recipe.to_dict(), "input": str(model_dir), "final": None, "steps": status}

@@ -12,7 +12,7 @@ import torch
 
 import leanlm
 from leanlm.bench.measure import SENTENCES, BenchConfig, benchmark
-from leanlm.compress.cascade import CascadeConfig, calibration_curve, cascade
+from leanlm.compress.cascade import DEFAULT_DROP, CascadeConfig, calibration_curve, cascade
 from leanlm.compress.ensemble import compose
 from leanlm.data import TextDataset
 from leanlm.errors import ConfigError, LeanlmError, UnsupportedError
@@ -159,11 +159,12 @@ def test_calibrates_target_accuracy_and_escalation(pair, loaded, tmp_path):
             cascade(*pair, data=DATA, target_accuracy=1.0)
 
 
-def test_default_target_is_large_accuracy_minus_half_point(pair, loaded):
+def test_default_target_is_the_large_models_accuracy(pair, loaded):
     points = _brute_force(*loaded, DATA)
     cal = cascade(*pair, data=DATA).record.extra["composite"]["calibration"]
-    assert cal["target"]["large_accuracy_minus"] == 0.005
-    assert cal["escalated_share"] == pytest.approx(min(s for _, s, a in points if a >= points[-1][2] - 0.005))
+    assert DEFAULT_DROP == 0.0 and cal["target"]["large_accuracy_minus"] == DEFAULT_DROP
+    assert cal["accuracy"] >= cal["large_accuracy"] - 1e-12
+    assert cal["escalated_share"] == pytest.approx(min(s for _, s, a in points if a >= points[-1][2] - 1e-12))
 
 
 def test_bad_cascades_are_refused(pair, tmp_path):
