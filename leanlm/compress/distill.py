@@ -199,14 +199,20 @@ class _Trainee(torch.nn.Module):
 # ----------------------------------------------------------------------------- teacher targets
 
 @torch.inference_mode()
-def teacher_outputs(teacher: LeanModel, texts: Sequence[str], batch_size: int, max_length: int) -> torch.Tensor:
+def teacher_outputs(teacher: LeanModel, texts: Sequence[str], batch_size: int, max_length: int,
+                    progress: bool = False) -> torch.Tensor:
     """One pass of a frozen teacher over `texts`: logits (N, C) for classifiers, mean-pooled
-    hidden states (N, H) for embedders. Runs on any backend (the LeanModel call)."""
+    hidden states (N, H) for embedders. Runs on any backend (the LeanModel call). `progress` shows
+    a bar: with tens of thousands of unlabeled texts this pass takes minutes before training starts."""
+    from tqdm.auto import tqdm
+
     order = sorted(range(len(texts)), key=lambda j: len(texts[j]))  # similar lengths pad less
     ds = TextDataset([texts[j] for j in order], order, ["index"], "teacher")
     rows: list[torch.Tensor] = []
     index: list[torch.Tensor] = []
-    for batch in _batches(teacher, ds, batch_size, max_length, 0, shuffle=False):
+    batches = _batches(teacher, ds, batch_size, max_length, 0, shuffle=False)
+    for batch in tqdm(batches, desc="teacher targets", unit="batch", total=(len(texts) + batch_size - 1) // batch_size,
+                      disable=not progress):
         index.append(batch.pop("labels"))
         out = teacher(**batch).float()
         rows.append(out if teacher.task == "sequence-classification" else mean_pool(out, batch["attention_mask"]))
@@ -232,14 +238,14 @@ class _Distiller:
     """Everything one distillation run needs: texts, cached targets, layer maps, hooks; the loss and score."""
 
     def __init__(self, teachers: list[LeanModel], student: LeanModel, config: DistillConfig,
-                 texts: list[str], hard: list[int], layer_map: Sequence[int] | None):
+                 texts: list[str], hard: list[int], layer_map: Sequence[int] | None, progress: bool = False):
         self.teachers, self.student, self.cfg = teachers, student, config
         self.texts, self.hard = texts, torch.tensor(hard)
         self.classifier = student.task == "sequence-classification"
         bs, ml = max(config.batch_size, 64), config.max_length
         # the first teacher runs beside the student when its internals are distilled: cache the others
         cached = teachers[1:] if config.online else teachers
-        self.tables = [teacher_outputs(t, texts, bs, ml) for t in cached]
+        self.tables = [teacher_outputs(t, texts, bs, ml, progress) for t in cached]
         self.projections: list[torch.nn.Module] = []
         self.pairs: list[tuple[int, int]] = []
         self.heads: list[int] = []
@@ -449,7 +455,7 @@ def _run(teacher: Any, student: Any, data: Splits | str | None, config: DistillC
     reference = _Reference(teachers, val_texts, ml)
     use_accuracy = classifier and val is not None
     score = (lambda _m: accuracy(model, val, max_length=ml)) if use_accuracy else (lambda _m: reference.score(model))
-    run = _Distiller(teachers, model, config, texts, hard, layer_map)
+    run = _Distiller(teachers, model, config, texts, hard, layer_map, progress)
     pool = TextDataset(texts, list(range(len(texts))), ["index"], "distill")  # labels carry the row index
     bs = config.batch_size
     try:
