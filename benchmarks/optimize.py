@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="threads (default: all cores)")
     p.add_argument("--ray", default=None, help="'local' or a Ray address: build candidates as Ray tasks")
     p.add_argument("--trials", type=int, default=0)
+    p.add_argument("--unlabeled", default="imdb,amazon,tweets",
+                   help="datasets whose texts distillation may add (the teacher labels them); 'none' for none")
+    p.add_argument("--distill-epochs", type=int, default=2)
     args = p.parse_args(argv)
     if not args.model and not args.tiny:
         p.error("give --model DIR (the fine-tuned classifier) or --tiny for a smoke run")
@@ -100,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                      throughput_repeats=1, final_repeats=1, calibration_size=32, bootstrap=200)
     config = OptimizeConfig(data=args.data, max_accuracy_drop=args.max_accuracy_drop, target="throughput",
                             shape=args.shape, budget_minutes=args.budget_minutes, ray=args.ray, trials=args.trials,
-                            threads=(args.threads,) if args.threads else (), **extra)
+                            threads=(args.threads,) if args.threads else (), distill_epochs=args.distill_epochs,
+                            unlabeled=() if args.tiny or args.unlabeled == "none" else
+                            tuple(u for u in args.unlabeled.split(",") if u), **extra)
     try:
         res = leanlm.optimize(model, out, config)
     except LeanlmError as e:

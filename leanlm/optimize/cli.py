@@ -50,6 +50,11 @@ def register(app: typer.Typer) -> None:
         test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Test texts used (default: all)."),
         peers: str = typer.Option("ov,nncf,ort", "--peers", help="Peer conversions in the final run (ov, nncf, ort; 'none')."),
         repeats: int = typer.Option(5, "--repeats", help="Timed batch-1 calls per candidate in the gate."),
+        unlabeled: Optional[str] = typer.Option(None, "--unlabeled",
+                                                help="Comma-separated datasets whose texts distillation may add "
+                                                     "(the teacher labels them), e.g. imdb,amazon,tweets."),
+        unlabeled_size: int = typer.Option(20000, "--unlabeled-size", help="Texts taken from each unlabeled dataset."),
+        distill_epochs: int = typer.Option(2, "--distill-epochs", help="The most epochs a distillation candidate trains."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or per-trial lines."),
     ) -> None:
         """Search compressions, runtimes and threads for the fastest model within an accuracy budget."""
@@ -59,7 +64,8 @@ def register(app: typer.Typer) -> None:
             data=task, max_accuracy_drop=max_accuracy_drop, target=target, shape=shape, backend=backend,
             budget_minutes=budget_minutes, ray=ray, methods=_csv(methods),
             threads=_threads(threads), trials=trials, min_speedup=min_speedup,
-            eval_limit=eval_limit, test_limit=test_limit, peers=() if peers == "none" else _csv(peers), repeats=repeats)
+            eval_limit=eval_limit, test_limit=test_limit, peers=() if peers == "none" else _csv(peers), repeats=repeats,
+            unlabeled=_csv(unlabeled), unlabeled_size=unlabeled_size, distill_epochs=distill_epochs)
         res = optimize(model_dir, out_dir, config, progress=not quiet)
         for line in (res.message, res.verdict):
             if line:

@@ -74,6 +74,9 @@ class OptimizeConfig(BaseConfig):
         bootstrap: resamples of the accuracy intervals.
         parallel: candidates built at once under Ray.
         distill_epochs: the most epochs a distillation candidate trains.
+        unlabeled: datasets (names or files) whose texts distillation may add, labelled by the teacher
+            (e.g. ("imdb", "amazon", "tweets") for sentiment); empty: the task's own texts only.
+        unlabeled_size: texts taken from each unlabeled dataset.
         seed: Optuna's sampler seed; split_seed: the data split seed.
 
     Example:
@@ -106,6 +109,8 @@ class OptimizeConfig(BaseConfig):
     bootstrap: int = 1000
     parallel: int = 2
     distill_epochs: int = 2
+    unlabeled: tuple[str, ...] = ()
+    unlabeled_size: int = 20000
     seed: int = 0
     split_seed: int = 0
 
@@ -124,7 +129,7 @@ class OptimizeConfig(BaseConfig):
               f"optimize: min_speedup must be >= 1, got {self.min_speedup!r}")
         for name, low in (("trials", 0), ("calibration_size", 1), ("warmup", 0), ("repeats", 1), ("throughput_repeats", 1),
                           ("noise_repeats", 2), ("final_repeats", 1), ("traffic_repeats", 0), ("final_models", 1),
-                          ("bootstrap", 1), ("parallel", 1), ("distill_epochs", 1), ("seed", 0), ("split_seed", 0)):
+                          ("bootstrap", 1), ("parallel", 1), ("distill_epochs", 1), ("unlabeled_size", 1), ("seed", 0), ("split_seed", 0)):
             v = getattr(self, name)
             check(_ints(v) and v >= low, f"optimize: {name} must be an integer >= {low}, got {v!r}")
         for name in ("eval_limit", "test_limit"):
@@ -362,7 +367,8 @@ def optimize(model_dir: str | os.PathLike, out_dir: str | os.PathLike, config: O
 
     layers = getattr(base.module.config, "num_hidden_layers", 1)
     space = SearchSpace(SpaceContext(backends=config.backends(), layers=layers, max_drop=config.max_accuracy_drop,
-                                     distill_epochs=config.distill_epochs), config.methods, threads)
+                                     distill_epochs=config.distill_epochs, unlabeled=tuple(config.unlabeled),
+                                     unlabeled_size=config.unlabeled_size), config.methods, threads)
     if not study.get_trials(deepcopy=False):
         study.set_user_attr("config", config.to_dict())
         for params in space.seeds():

@@ -10,9 +10,11 @@ own hook (here or next to its file); the search loop never names a method:
 
 A candidate is a recipe (the compression recipe format: `{family: {type, ...options}}` steps, in
 stage order prune -> lowrank -> distill -> quantize) plus how it runs: backend, threads and
-whether OpenVINO compiles static shapes. `seeds()` lists cheap-first candidates (float runtimes,
-then int8 variants, then the sensitivity-aware mixed precision, then pruning, then pruning +
-distillation) that the search enqueues before Optuna proposes its own.
+whether OpenVINO compiles static shapes. Moves of a stacking stage (pruning: heads, FFN neurons and
+layers) combine, so one candidate may cut all three. `seeds()` lists cheap-first candidates (float
+runtimes, then int8 variants, then the sensitivity-aware mixed precision, then pruning, then pruning +
+distillation, last a student: every cut at its student depth, distilled (on unlabeled texts where
+the search has them) and quantized) that the search enqueues before Optuna proposes its own.
 
 Example:
     >>> space = SearchSpace(SpaceContext(backends=("torch", "openvino"), layers=6))
@@ -33,6 +35,8 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 NONE = "none"
 # The recipe's step order: structure first, recovery after it, quantization last (it must be).
 STAGES = ("prune", "lowrank", "distill", "quantize")
+# Stages whose moves combine (a candidate may cut heads, FFN neurons and layers); in the others one move at most.
+STACKED = ("prune",)
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,16 @@ class SpaceContext:
         layers: transformer layers of the input model (bounds layer dropping).
         max_drop: the accuracy budget in points (sensitivity-aware quantizers get it).
         distill_epochs: the most epochs a distillation move proposes.
+        unlabeled: datasets whose texts distillation may add (the teacher labels them); empty: none.
+        unlabeled_size: texts taken from each of them.
     """
 
     backends: tuple[str, ...] = BACKENDS
     layers: int = 6
     max_drop: float = 1.0
     distill_epochs: int = 2
+    unlabeled: tuple[str, ...] = ()
+    unlabeled_size: int = 20000
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class Move:
     backends: tuple[str, ...] | None  # runtimes its output runs on; None: float PyTorch (convertible)
     seeds: tuple[dict[str, Any], ...]
     needs: tuple[str, ...]  # families one of which must come earlier (distillation recovers a cut)
+    student: Callable[[SpaceContext], dict[str, Any] | None] | None  # the cut's options in the student seed
 
     def runs_on(self, options: dict[str, Any]) -> str | None:
         if self.backends is None:
@@ -72,7 +81,8 @@ _MOVES: dict[tuple[str, str], Move] = {}
 
 
 def space_for(family: str, name: str, *, cost: float = 1.0, backends: Sequence[str] | None = None,
-              seeds: Sequence[dict[str, Any]] = ({},), needs: Sequence[str] = ()) -> Callable:
+              seeds: Sequence[dict[str, Any]] = ({},), needs: Sequence[str] = (),
+              student: Callable[[SpaceContext], dict[str, Any] | None] | None = None) -> Callable:
     """Register the search hook of technique `family/name`.
 
     Args:
@@ -82,6 +92,8 @@ def space_for(family: str, name: str, *, cost: float = 1.0, backends: Sequence[s
             candidate may still convert to ONNX Runtime or OpenVINO).
         seeds: option dicts tried before Optuna proposes its own (cheap-first).
         needs: families one of which must precede this move.
+        student: `fn(ctx) -> options | None`: this cut's options in the student seed (a deep cut
+            that distillation trains back; None: not part of it).
 
     The hook is `fn(trial, ctx) -> options | None`: Optuna `trial.suggest_*` calls named
     "<name>.<option>"; None means the move does not apply in this context.
@@ -93,7 +105,7 @@ def space_for(family: str, name: str, *, cost: float = 1.0, backends: Sequence[s
 
     def deco(fn: Callable) -> Callable:
         _MOVES[(family, name)] = Move(family, name, fn, float(cost), tuple(backends) if backends else None,
-                                      tuple(seeds), tuple(needs))
+                                      tuple(seeds), tuple(needs), student)
         return fn
 
     return deco
@@ -202,12 +214,19 @@ class SearchSpace:
             move = next((m for m in allowed if m.name == choice), None)
             if move is None:  # NONE, or a move whose prerequisite is missing: skip the stage
                 continue
-            opts = move.suggest(trial, self.ctx)
-            if opts is None:
-                continue
-            opts = _validated(stage, {"type": move.name, **opts})
-            steps.append((stage, opts))
-            runs_on = move.runs_on(opts) or runs_on
+            chosen = [move]
+            if stage in STACKED:  # later moves of the stage may follow the first (each subset once)
+                later = [m for m in options[options.index(move) + 1:] if m in allowed]
+                chosen += [m for m in later if trial.suggest_categorical(f"{stage}+{m.name}", [False, True])]
+                # coarse cuts first (costlier moves cut more): heads and neurons are then scored on the layers that stay
+                chosen.sort(key=lambda m: -m.cost)
+            for m in chosen:
+                opts = m.suggest(trial, self.ctx)
+                if opts is None:
+                    continue
+                opts = _validated(stage, {"type": m.name, **opts})
+                steps.append((stage, opts))
+                runs_on = m.runs_on(opts) or runs_on
         backend = runs_on or trial.suggest_categorical("runtime", list(self._floats()))
         static = bool(backend == "openvino" and self.static_shapes and trial.suggest_categorical("static", [True, False]))
         threads = trial.suggest_categorical("threads", list(self.threads))
@@ -238,9 +257,57 @@ class SearchSpace:
                     if cut is None:
                         continue
                     params = base | {need: cut.name, stage: m.name} | {f"{cut.name}.{k}": v for k, v in cut.seeds[-1].items()}
+                    params |= {f"{m.name}.{k}": v for k, v in (m.seeds[0] if m.seeds else {}).items()}
                     out.append((cut.cost + m.cost, params | {"runtime": self._floats()[-1], "static": True}))
+        student = self._student_seed(base)
+        if student is not None:
+            out.append(student)
         out.sort(key=lambda x: x[0])
-        return [p for _, p in out]
+        return [self._single_cuts(p) for _, p in out]
+
+    def _single_cuts(self, params: dict[str, Any]) -> dict[str, Any]:
+        """A seed that names one move of a stacking stage takes that move alone (else Optuna would sample the rest)."""
+        for stage in STACKED:
+            ms = self.by_stage.get(stage, [])
+            first = next((m for m in ms if m.name == params.get(stage)), None)
+            for m in ms[ms.index(first) + 1:] if first is not None else []:
+                params.setdefault(f"{stage}+{m.name}", False)
+        return params
+
+    def _student_seed(self, base: dict[str, Any]) -> tuple[float, dict[str, Any]] | None:
+        """Every stacking cut at its student depth, then distillation (unlabeled texts too, where the
+        search has them), then the first int8 method that runs on OpenVINO (else the float model
+        there): the prune -> distill -> int8 student recipe, which no single cut or recovery seed reaches."""
+        params: dict[str, Any] = {}
+        cost = 0.0
+        for stage in STACKED:
+            ms = self.by_stage.get(stage, [])
+            cuts = [(m, m.student(self.ctx)) for m in ms if m.student]
+            cuts = [(m, o) for m, o in cuts if o is not None]
+            if len(cuts) < 2:
+                continue
+            used = {m.name for m, _ in cuts}
+            first = cuts[0][0]
+            params[stage] = first.name
+            params |= {f"{stage}+{m.name}": m.name in used for m in ms[ms.index(first) + 1:]}
+            for m, o in cuts:
+                params |= {f"{m.name}.{k}": v for k, v in o.items()}
+                cost += m.cost
+        recovery = next((m for s, ms in self.by_stage.items() for m in ms if m.needs and s not in STACKED), None)
+        if not params or recovery is None:
+            return None
+        params[recovery.family] = recovery.name
+        params[f"{recovery.name}.epochs"] = max(1, self.ctx.distill_epochs)
+        if self.ctx.unlabeled:
+            params[f"{recovery.name}.unlabeled"] = True
+        quant = next((m for m in self.by_stage.get("quantize", []) if m.backends and "openvino" in m.backends
+                      and m.seeds and not m.needs), None)
+        if quant is not None:
+            params["quantize"] = quant.name
+            params |= {f"{quant.name}.{k}": v for k, v in quant.seeds[0].items()}
+        else:
+            params["runtime"] = self._floats()[-1]
+        return cost + recovery.cost + (quant.cost if quant else 0.0), base | params | {"static": True}
 
 
 # ----------------------------------------------------------------------------- the moves of today's techniques
@@ -271,17 +338,20 @@ def _mixed(trial: Any, ctx: SpaceContext) -> dict[str, Any] | None:
     return {"max_float_layers": trial.suggest_int("mixed-precision.max_float_layers", 1, 8)}
 
 
-@space_for("prune", "heads", cost=2.0, seeds=({"ratio": 0.2},))
+@space_for("prune", "heads", cost=2.0, seeds=({"ratio": 0.2},), student=lambda ctx: {"ratio": 0.5})
 def _heads(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
     return {"ratio": round(trial.suggest_float("heads.ratio", 0.1, 0.6, step=0.1), 2)}
 
 
-@space_for("prune", "ffn", cost=2.0, seeds=({"ratio": 0.3},))
+@space_for("prune", "ffn", cost=2.0, seeds=({"ratio": 0.3},), student=lambda ctx: {"ratio": 0.5})
 def _ffn(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
     return {"ratio": round(trial.suggest_float("ffn.ratio", 0.1, 0.7, step=0.1), 2)}
 
 
-@space_for("prune", "layers", cost=2.5, seeds=({"count": 1},))
+# A student keeps two thirds of the layers (6 -> 4): the 3-layer student lost ~4 points where the
+# 4-layer one kept the teacher's accuracy (README, compression table).
+@space_for("prune", "layers", cost=2.5, seeds=({"count": 1},),
+           student=lambda ctx: {"count": ctx.layers // 3} if ctx.layers >= 3 else None)
 def _layers(trial: Any, ctx: SpaceContext) -> dict[str, Any] | None:
     if ctx.layers < 2:
         return None
@@ -293,7 +363,11 @@ def _svd(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
     return {"energy": round(trial.suggest_float("svd.energy", 0.8, 0.99, step=0.01), 2), "targets": ("intermediate.dense",)}
 
 
-@space_for("distill", "distill", cost=20.0, needs=("prune", "lowrank"))
+@space_for("distill", "distill", cost=20.0, needs=("prune", "lowrank"), seeds=({"unlabeled": False},))
 def _distill(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
     epochs = trial.suggest_int("distill.epochs", 1, max(1, ctx.distill_epochs))
-    return {"loop": {"epochs": epochs, "lr": 1e-4}}
+    out: dict[str, Any] = {"loop": {"epochs": epochs, "lr": 1e-4}}
+    # Unlabeled texts the teacher labels: what lets a deep cut train back (and what costs the most time).
+    if ctx.unlabeled and trial.suggest_categorical("distill.unlabeled", [False, True]):
+        out |= {"unlabeled": tuple(ctx.unlabeled), "unlabeled_size": ctx.unlabeled_size}
+    return out

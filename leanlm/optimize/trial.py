@@ -6,6 +6,8 @@ linked in, so run_recipe reuses them (same step, same input) and two candidates 
 prefix share its build. After each step but the last, the prefix's validation accuracy is checked:
 one that already misses the budget by more than the later steps can recover (distillation
 recovers up to `recover_points`; quantization recovers nothing) is abandoned with its numbers.
+A cut followed by distillation on unlabeled texts is a student being trained, not a cut being
+repaired: its accuracy before that training says little, so it is never abandoned there.
 
 `build_candidate(job)` takes and returns plain dicts, so it runs the same in-process and as a Ray
 task (`leanlm.optimize.ray`).
@@ -127,6 +129,8 @@ def build_candidate(job: dict[str, Any]) -> dict[str, Any]:
                 acc = score(load(source))
                 later = [next(iter(s)) for s in raw_steps[i:]]
                 slack = job["recover_points"] if any(f in RECOVERS for f in later) else 0.0
+                if any(f in RECOVERS and o.get("unlabeled") for s in raw_steps[i:] for f, o in s.items()):
+                    slack = float("inf")
                 out["steps"].append({"step": i, "dir": str(source), **acc})
                 if acc["delta_pts"] < -(job["max_drop"] + slack):
                     out.update(status="abandoned", reason=(

@@ -166,3 +166,21 @@ def test_killed_search_resumes_without_redoing_finished_trials(tiny_model_dir, t
     assert len(trials) == 4 and len(keys) == len(set(keys))  # each candidate evaluated once, across both runs
     assert len(keys) == len([t for t in trials if t.get("duplicate_of") is None])
     assert after[: len(before)] == before and {e["pid"] for e in after[len(before):]} != {before[0]["pid"]}
+
+
+def test_a_student_is_not_abandoned_before_its_distillation(tiny_model_dir, tiny_data, tmp_path):
+    from leanlm.data import load_splits
+    from leanlm.optimize.space import Candidate
+    from leanlm.optimize.trial import build_candidate
+
+    val = load_splits(str(tiny_data)).validation.head(16)
+    distill = {"type": "distill", "unlabeled": [str(tiny_data)], "unlabeled_size": 40,
+               "loop": {"epochs": 1, "lr": 1e-4, "eval_every": 0}}
+    cand = Candidate(steps=(("prune", {"type": "layers", "count": 1}), ("distill", distill)))
+    res = build_candidate({"model_dir": str(tiny_model_dir), "builds": str(tmp_path), "candidate": cand.to_dict(),
+                           "key": cand.key(), "data": str(tiny_data), "calibration_size": 16,
+                           "val_texts": list(val.texts), "val_labels": list(val.labels), "label_names": val.label_names,
+                           "baseline_correct": [1.0] * len(val),  # a perfect baseline: the cut alone misses
+                           "max_drop": 1.0, "recover_points": 2.0, "bootstrap": 20, "seq_len": 32, "shapes": []})
+    assert res["status"] == "built", res["reason"]
+    assert res["steps"][0]["delta_pts"] < -3.0  # it did miss by more than the slack, and went on

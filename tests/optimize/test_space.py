@@ -47,3 +47,39 @@ def test_unknown_method_names_the_valid_ones():
 
     with pytest.raises(ConfigError, match="int8-dynamic"):
         SearchSpace(SpaceContext(), methods=("int8-dynamik",))
+
+
+def test_stacked_cuts_combine_coarse_first():
+    space = SearchSpace(SpaceContext(layers=6), methods=("heads", "ffn", "layers", "int8-dynamic"))
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"prune": "ffn", "prune+heads": True, "prune+layers": True, "quantize": NONE})
+    cand = space.suggest(study.ask())
+    assert [o["type"] for _, o in cand.steps] == ["layers", "ffn", "heads"]  # whole layers go before heads and neurons
+    load_recipe(cand.recipe("movie-snippets", 16))
+
+
+def test_a_seed_naming_one_cut_takes_that_cut_alone():
+    space = SearchSpace(SpaceContext(layers=6), methods=("heads", "ffn", "layers"))
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seeds = space.seeds()
+    for p in seeds:
+        study.enqueue_trial(p)
+    cuts = [[o["type"] for _, o in space.suggest(study.ask()).steps] for _ in seeds]
+    assert sorted(c for c in cuts if c) == [["ffn"], ["heads"], ["layers"]]  # the others: float runtimes
+
+
+@pytest.mark.parametrize("unlabeled", [(), ("imdb", "amazon")])
+def test_student_seed_cuts_everything_distills_and_quantizes(unlabeled):
+    space = SearchSpace(SpaceContext(layers=6, unlabeled=unlabeled, unlabeled_size=500, distill_epochs=2))
+    seeds = space.seeds()
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(seeds[-1])  # the costliest seed comes last
+    cand = space.suggest(study.ask())
+    steps = {o["type"]: o for _, o in cand.steps}
+    assert [o["type"] for _, o in cand.steps] == ["layers", "ffn", "heads", "distill", "int8-nncf"]
+    assert steps["layers"]["count"] == 2 and steps["heads"]["ratio"] == 0.5 and steps["ffn"]["ratio"] == 0.5
+    assert tuple(steps["distill"]["unlabeled"]) == unlabeled and steps["distill"]["loop"]["epochs"] == 2
+    assert cand.backend == "openvino"
+    load_recipe(cand.recipe("movie-snippets", 16))
+    others = [p for p in seeds[:-1] if p.get("distill", NONE) != NONE]
+    assert others and all(p.get("distill.unlabeled") is False for p in others)  # recovery seeds stay cheap
