@@ -393,6 +393,7 @@ def merge_quantized(model: LeanModel, peft_model: Any, texts: Sequence[str], max
     ref = _primary(peft_model(**batch))
     work = copy.deepcopy(peft_model)  # refusing must leave the model as it was
     from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
 
     # by hand, not peft's merge: its quantized-layer merge needs the subclass factory of a
     # transformers TorchAoConfig load, and ours are leanlm's own configs
@@ -403,7 +404,14 @@ def merge_quantized(model: LeanModel, peft_model: Any, texts: Sequence[str], max
             for name in layer.active_adapters:
                 w = w + layer.get_delta_weight(name).float()
             set_weight(layer.base_layer, requant[type(old).__name__](old, w.to(old.dtype)))
+    # Trained copies of the modules_to_save (the new classifier head): peft >= 0.22's unload() puts the
+    # original, untrained modules back, so they are taken out first and set again after it.
+    trained = {name: wrapper.modules_to_save[wrapper.active_adapters[0]]
+               for name, wrapper in work.named_modules() if isinstance(wrapper, ModulesToSaveWrapper)}
     merged = work.unload()  # drop the adapter layers; their update now lives in the base weights
+    for name, module in trained.items():
+        parent, _, child = name.removeprefix("base_model.model.").rpartition(".")
+        setattr(merged.get_submodule(parent) if parent else merged, child, module)
     err = float((_primary(merged(**batch)) - ref).norm() / ref.norm().clamp_min(1e-12))
     if not err <= max_error:
         raise UnsupportedError(f"merging drifts too far: relative output error {err:.4f} > {max_error}; "
