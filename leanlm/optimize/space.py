@@ -216,8 +216,8 @@ class SearchSpace:
                 continue
             chosen = [move]
             if stage in STACKED:  # later moves of the stage may follow the first (each subset once)
-                later = [m for m in options[options.index(move) + 1:] if m in allowed]
-                chosen += [m for m in later if trial.suggest_categorical(f"{stage}+{m.name}", [False, True])]
+                chosen += [m for param, m in self._followers(stage, move)
+                           if m in allowed and trial.suggest_categorical(param, [False, True])]
                 # coarse cuts first (costlier moves cut more): heads and neurons are then scored on the layers that stay
                 chosen.sort(key=lambda m: -m.cost)
             for m in chosen:
@@ -270,9 +270,15 @@ class SearchSpace:
         for stage in STACKED:
             ms = self.by_stage.get(stage, [])
             first = next((m for m in ms if m.name == params.get(stage)), None)
-            for m in ms[ms.index(first) + 1:] if first is not None else []:
-                params.setdefault(f"{stage}+{m.name}", False)
+            for param, _ in self._followers(stage, first) if first is not None else []:
+                params.setdefault(param, False)
         return params
+
+    def _followers(self, stage: str, first: Move) -> list[tuple[str, Move]]:
+        """The moves that may follow `first` in a stacking stage (each subset once: only later ones),
+        with the Optuna parameter that says whether each does."""
+        ms = self.by_stage[stage]
+        return [(f"{stage}+{m.name}", m) for m in ms[ms.index(first) + 1:]]
 
     def _student_seed(self, base: dict[str, Any]) -> tuple[float, dict[str, Any]] | None:
         """Every stacking cut at its student depth, then distillation (unlabeled texts too, where the
@@ -289,7 +295,7 @@ class SearchSpace:
             used = {m.name for m, _ in cuts}
             first = cuts[0][0]
             params[stage] = first.name
-            params |= {f"{stage}+{m.name}": m.name in used for m in ms[ms.index(first) + 1:]}
+            params |= {param: m.name in used for param, m in self._followers(stage, first)}
             for m, o in cuts:
                 params |= {f"{m.name}.{k}": v for k, v in o.items()}
                 cost += m.cost

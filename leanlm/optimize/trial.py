@@ -128,9 +128,9 @@ def build_candidate(job: dict[str, Any]) -> dict[str, Any]:
                     break
                 acc = score(load(source))
                 later = [next(iter(s)) for s in raw_steps[i:]]
-                slack = job["recover_points"] if any(f in RECOVERS for f in later) else 0.0
-                if any(f in RECOVERS and o.get("unlabeled") for s in raw_steps[i:] for f, o in s.items()):
-                    slack = float("inf")
+                recovery = [o for s in raw_steps[i:] for f, o in s.items() if f in RECOVERS]
+                slack = 0.0 if not recovery else (
+                    float("inf") if any(o.get("unlabeled") for o in recovery) else job["recover_points"])
                 out["steps"].append({"step": i, "dir": str(source), **acc})
                 if acc["delta_pts"] < -(job["max_drop"] + slack):
                     out.update(status="abandoned", reason=(
