@@ -351,6 +351,10 @@ def optimize(model_dir: str | os.PathLike, out_dir: str | os.PathLike, config: O
     if base.task != "sequence-classification" or base.backend != "torch":
         raise UnsupportedError(f"optimize needs a float PyTorch classifier; {model_dir} is a {base.backend} {base.task} model")
     splits = load_splits(config.data, seed=config.split_seed)
+    from leanlm.compress._students import source_texts
+
+    for source in config.unlabeled:  # a misspelt source would otherwise fail every unlabeled trial, one by one
+        source_texts(source, config.split_seed)
     val = splits.validation.head(config.eval_limit) if config.eval_limit else splits.validation
     b, s = config.batch_seq()
     threads = config.threads or (usable_cores(),)

@@ -124,6 +124,17 @@ def test_budget_too_small_for_one_trial_says_so_before_starting(tiny_model_dir, 
     assert not (tmp_path / "o2").exists()
 
 
+def test_a_misspelt_unlabeled_source_is_one_error_before_the_search(tiny_model_dir, tiny_data, tmp_path, capsys):
+    from leanlm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["optimize", str(tiny_model_dir), str(tmp_path / "out"), "--task", str(tiny_data), "--backend", "torch",
+              "--unlabeled", "imbd", "--quiet"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "imdb" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 KILLABLE = """
 import sys, time
 sys.path.insert(0, {tests!r})
