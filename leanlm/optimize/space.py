@@ -37,6 +37,8 @@ NONE = "none"
 STAGES = ("prune", "lowrank", "distill", "quantize")
 # Stages whose moves combine (a candidate may cut heads, FFN neurons and layers); in the others one move at most.
 STACKED = ("prune",)
+# Learning rates a distillation move proposes (the recovery seeds take the lower, the student the higher).
+DISTILL_LRS = (1e-4, 2e-4)
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ class SearchSpace:
             return None
         params[recovery.family] = recovery.name
         params[f"{recovery.name}.epochs"] = max(1, self.ctx.distill_epochs)
+        params[f"{recovery.name}.lr"] = max(DISTILL_LRS)  # a deep cut relearns most (the student recipe's rate)
         if self.ctx.unlabeled:
             params[f"{recovery.name}.unlabeled"] = True
         quant = next((m for m in self.by_stage.get("quantize", []) if m.backends and "openvino" in m.backends
@@ -369,10 +372,17 @@ def _svd(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
     return {"energy": round(trial.suggest_float("svd.energy", 0.8, 0.99, step=0.01), 2), "targets": ("intermediate.dense",)}
 
 
-@space_for("distill", "distill", cost=20.0, needs=("prune", "lowrank"), seeds=({"unlabeled": False},))
+# A recovery seed repairs one light cut: one epoch on the training split does it, and leaves the
+# budget to the student seed, which has the most to relearn (all its epochs at the larger rate).
+@space_for("distill", "distill", cost=20.0, needs=("prune", "lowrank"),
+           seeds=({"unlabeled": False, "epochs": 1, "lr": 1e-4},))
 def _distill(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
+    from leanlm.train.loop import bf16_supported
+
     epochs = trial.suggest_int("distill.epochs", 1, max(1, ctx.distill_epochs))
-    out: dict[str, Any] = {"loop": {"epochs": epochs, "lr": 1e-4}}
+    lr = trial.suggest_categorical("distill.lr", list(DISTILL_LRS))
+    # bf16 autocast where the CPU has it: distillation is the search's costliest step
+    out: dict[str, Any] = {"loop": {"epochs": epochs, "lr": lr, "bf16": bf16_supported()}}
     # Unlabeled texts the teacher labels: what lets a deep cut train back (and what costs the most time).
     if ctx.unlabeled and trial.suggest_categorical("distill.unlabeled", [False, True]):
         out |= {"unlabeled": tuple(ctx.unlabeled), "unlabeled_size": ctx.unlabeled_size}

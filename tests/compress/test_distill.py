@@ -106,6 +106,12 @@ def test_unlabeled_texts_split_sample_and_exclude(tmp_path):
     assert len(tweets) == 50 and counts == {"tweets": 50}
 
 
+def test_a_text_corpus_is_an_unlabeled_source_in_plain_text():
+    wiki, counts = unlabeled_texts(["wikitext-2"], 200, True, seed=0)
+    assert counts == {"wikitext-2": 200} and len(set(wiki)) == 200
+    assert not any("@-@" in t or " , " in t or t.startswith("=") for t in wiki)  # WikiText's tokenisation undone
+
+
 # ----------------------------------------------------------------------------- distillation runs
 
 def test_kd_loss_falls_and_agreement_rises(teacher, splits):

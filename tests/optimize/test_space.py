@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from leanlm.compress.recipe import load_recipe
-from leanlm.optimize.space import NONE, Candidate, SearchSpace, SpaceContext, moves
+from leanlm.optimize.space import DISTILL_LRS, NONE, Candidate, SearchSpace, SpaceContext, moves
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MOVES = moves()
@@ -79,7 +79,9 @@ def test_student_seed_cuts_everything_distills_and_quantizes(unlabeled):
     assert [o["type"] for _, o in cand.steps] == ["layers", "ffn", "heads", "distill", "int8-nncf"]
     assert steps["layers"]["count"] == 2 and steps["heads"]["ratio"] == 0.5 and steps["ffn"]["ratio"] == 0.5
     assert tuple(steps["distill"]["unlabeled"]) == unlabeled and steps["distill"]["loop"]["epochs"] == 2
+    assert steps["distill"]["loop"]["lr"] == max(DISTILL_LRS)
     assert cand.backend == "openvino"
     load_recipe(cand.recipe("movie-snippets", 16))
     others = [p for p in seeds[:-1] if p.get("distill", NONE) != NONE]
     assert others and all(p.get("distill.unlabeled") is False for p in others)  # recovery seeds stay cheap
+    assert all(p["distill.epochs"] == 1 and p["distill.lr"] == min(DISTILL_LRS) for p in others)
