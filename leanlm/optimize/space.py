@@ -375,7 +375,7 @@ def _svd(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
 # A recovery seed repairs one light cut: one epoch on the training split does it, and leaves the
 # budget to the student seed, which has the most to relearn (all its epochs at the larger rate).
 @space_for("distill", "distill", cost=20.0, needs=("prune", "lowrank"),
-           seeds=({"unlabeled": False, "epochs": 1, "lr": 1e-4},))
+           seeds=({"unlabeled": False, "epochs": 1, "lr": min(DISTILL_LRS)},))
 def _distill(trial: Any, ctx: SpaceContext) -> dict[str, Any]:
     from leanlm.train.loop import bf16_supported
 
