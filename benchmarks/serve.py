@@ -74,21 +74,30 @@ def classify_counts(server: ServerProcess, workers: int, tries: int = 200) -> di
 # ----------------------------------------------------------------------------- load
 
 async def closed_loop(url: str, texts: list[str], clients: int, seconds: float, warmup_s: float) -> dict[str, Any]:
-    """`clients` loops, each sending one text, waiting for the answer, sending the next."""
+    """`clients` loops, each sending one text, waiting for the answer, sending the next.
+
+    The client is aiohttp, not httpx: on these two cores the load generator shares the CPU with the
+    server, and httpx's own cost per request grows with concurrency until, at 128 clients, it rather
+    than the server sets the pace (and the p99). Every client keeps its connection alive, as real
+    clients do.
+    """
+    import aiohttp
+
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + warmup_s + seconds
     measure_from = time.perf_counter() + warmup_s
     counter = iter(range(10 ** 9))
 
-    async def one(c: httpx.AsyncClient) -> None:
+    async def one(s: aiohttp.ClientSession) -> None:
         nonlocal errors
         while (now := time.perf_counter()) < stop_at:
             text = texts[next(counter) % len(texts)]
             try:
-                r = await c.post("/v1/classify", json={"input": text})
-                ok = r.status_code == 200
-            except httpx.HTTPError:  # a dropped connection counts as an error; it does not end the run
+                async with s.post("/v1/classify", json={"input": text}) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):  # counted as an error; it does not end the run
                 ok = False
             done = time.perf_counter()
             if now >= measure_from:
@@ -97,8 +106,10 @@ async def closed_loop(url: str, texts: list[str], clients: int, seconds: float, 
                 else:
                     errors += 1
 
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=httpx.Limits(max_connections=clients)) as c:
-        await asyncio.gather(*(one(c) for _ in range(clients)))
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(base_url=url, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as s:
+        await asyncio.gather(*(one(s) for _ in range(clients)))
     return {"clients": clients, "requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
             **{f"{k}_ms": v for k, v in percentiles(latencies).items() if k != "count"}}
 
@@ -182,6 +193,8 @@ def offline_rps(model_dir: str, texts: list[str], seconds: float, batch: int = 3
     """The same model in this process, texts per second, alternated over `rounds` so the ratios are same-run:
 
     - "batch": batch `batch` (per-batch padding), one stream on every core (what `leanlm bench` runs);
+    - "split": the same batches split into length-sorted parts the way the server splits them
+      (`leanlm.serve.buckets`, the default call cost), so the server's own trick raises the reference too;
     - "batch1": batch 1, one stream: batch / batch1 is the most batching can gain on this model and
       machine (HTTP and queueing only add the same cost to both sides);
     - "streams" (when `streams` > 1): `streams` threads at batch `batch`, each on cores // streams
@@ -199,21 +212,30 @@ def offline_rps(model_dir: str, texts: list[str], seconds: float, batch: int = 3
     for c in clones:
         c.tokenizer = copy.deepcopy(model.tokenizer)  # a fast tokenizer is not shared between threads
 
-    def run(m, size: int, span: float) -> float:
+    from leanlm.serve.buckets import partition
+    from leanlm.serve.config import ServeConfig
+
+    lengths = [len(ids) for ids in model.tokenizer(texts)["input_ids"]]
+    cost = ServeConfig().split_cost_tokens
+
+    def run(m, size: int, span: float, split: bool = False) -> float:
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < span:
-            m(**m.encode([texts[(n + k) % len(texts)] for k in range(size)]))
+            idx = [(n + k) % len(texts) for k in range(size)]
+            for group in (partition([lengths[i] for i in idx], cost) if split else [range(size)]):
+                m(**m.encode([texts[idx[i]] for i in group]))
             n += size
         return n / (time.perf_counter() - t0)
 
     span = seconds / rounds
-    best = {"batch": 0.0, "batch1": 0.0} | ({"streams": 0.0} if streams > 1 else {})
+    best = {"batch": 0.0, "split": 0.0, "batch1": 0.0} | ({"streams": 0.0} if streams > 1 else {})
     for _ in range(rounds):
         best["batch"] = max(best["batch"], run(model, batch, span))
+        best["split"] = max(best["split"], run(model, batch, span, split=True))
         best["batch1"] = max(best["batch1"], run(model, 1, span))
         if streams > 1:
             with threads_set(max(1, usable_cores() // streams)), ThreadPoolExecutor(streams) as ex:
-                best["streams"] = max(best["streams"], sum(ex.map(lambda m: run(m, batch, span), clones)))
+                best["streams"] = max(best["streams"], sum(ex.map(lambda m: run(m, batch, span, True), clones)))
     return best
 
 
@@ -240,7 +262,7 @@ def verdicts(results: dict[str, Any]) -> list[str]:
     share = results.get("served_over_offline")
     if share is not None:
         lines.append(f"target (served >= {100 * SERVED_SHARE:.0f}% of offline batch-32 throughput on the same texts, "
-                     f"the better of 1 stream and {results.get('workers', 1)} streams): {100 * share:.0f}% "
+                     f"the best of whole, split and {results.get('workers', 1)} streams): {100 * share:.0f}% "
                      f"-> {met(share >= SERVED_SHARE)}")
     ov = results.get("overload")
     if ov:
@@ -323,16 +345,18 @@ def main() -> None:
         offline = offline_rps(model_dir, texts, max(6.0, 2 * args.seconds), streams=args.workers)
         results["offline_rps_batch1"] = offline["batch1"]
         results["offline_rps_one_stream"] = offline["batch"]
+        results["offline_rps_split"] = offline["split"]
         if "streams" in offline:
             results["offline_rps_streams"] = offline["streams"]
-        results["offline_rps"] = max(offline["batch"], offline.get("streams", 0.0))  # the stricter reference
-        results["batching_ceiling"] = offline["batch"] / offline["batch1"]
+        # the stricter reference: the best this model does offline, with or without the server's split
+        results["offline_rps"] = max(offline["batch"], offline["split"], offline.get("streams", 0.0))
+        results["batching_ceiling"] = max(offline["batch"], offline["split"]) / offline["batch1"]
         results["served_over_offline"] = best["on"]["rps"] / results["offline_rps"]
         streams = (f", {args.workers} streams x batch-32: {offline['streams']:.1f} texts/s" if "streams" in offline
                    else "")
-        print(f"offline batch-32: {offline['batch']:.1f} texts/s{streams}, batch 1: {offline['batch1']:.1f} texts/s "
+        print(f"offline batch-32: {offline['batch']:.1f} texts/s, split by length: {offline['split']:.1f}{streams}, batch 1: {offline['batch1']:.1f} texts/s "
               f"(the most batching can gain here: {results['batching_ceiling']:.2f}x); served (best) keeps "
-              f"{100 * results['served_over_offline']:.0f}% of the better batch-32 figure", flush=True)
+              f"{100 * results['served_over_offline']:.0f}% of the best batch-32 figure", flush=True)
         normal = next(r for r in results["levels"] if r["clients"] == levels[0])["on"]["p50_ms"]
         rss_before = on.rss_mb()
         ov = asyncio.run(open_loop(on, texts, args.overload * best["on"]["rps"], args.overload_s, 4096, args.workers))

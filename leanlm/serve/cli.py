@@ -55,6 +55,9 @@ def serve_cmd(
     max_batch: int = typer.Option(_D.max_batch, help="Most texts per forward pass (1 = batching off)."),
     max_batch_tokens: int = typer.Option(_D.max_batch_tokens, help="Most padded tokens (texts x longest) per "
                                          "forward pass."),
+    split_cost_tokens: int = typer.Option(_D.split_cost_tokens, help="Split a batch into length-sorted parts where "
+                                          "one more forward call (this many padded tokens' cost) saves more padding; "
+                                          "0: never split."),
     max_wait_ms: float = typer.Option(_D.max_wait_ms, help="How long a request waits for others to join its batch."),
     max_queue: int = typer.Option(_D.max_queue, help="Waiting requests per model before answering 429."),
     api_key: Optional[str] = typer.Option(None, envvar="LEANLM_API_KEY", help="Require 'Authorization: Bearer KEY' "

@@ -15,6 +15,8 @@ class ServeConfig(BaseConfig):
         max_batch: most texts per forward pass (1 = dynamic batching off).
         max_batch_tokens: most padded tokens (texts x longest text) per forward pass, so a few
             long texts do not share a batch with many short ones at the long ones' cost.
+        split_cost_tokens: a forward call's fixed cost, in padded tokens, used to split a gathered
+            batch into length-sorted parts (see `leanlm.serve.buckets`); 0 runs every batch whole.
         max_wait_ms: how long the first queued request waits for others to join its batch.
         max_queue: most requests waiting per model and endpoint; past it the server answers 429.
         api_key: when set, /v1/* needs `Authorization: Bearer <api_key>` (/health, /ready, /metrics stay open).
@@ -38,6 +40,7 @@ class ServeConfig(BaseConfig):
 
     max_batch: int = 32
     max_batch_tokens: int = 16384
+    split_cost_tokens: int = 128
     max_wait_ms: float = 5.0
     max_queue: int = 256
     api_key: Optional[str] = None
@@ -57,6 +60,8 @@ class ServeConfig(BaseConfig):
             value = getattr(self, name)
             check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
                   f"{name} must be an integer >= 1, got {value!r}")
+        check(isinstance(self.split_cost_tokens, int) and not isinstance(self.split_cost_tokens, bool)
+              and self.split_cost_tokens >= 0, f"split_cost_tokens must be an integer >= 0, got {self.split_cost_tokens!r}")
         check(isinstance(self.max_wait_ms, (int, float)) and 0 <= self.max_wait_ms <= 10_000,
               f"max_wait_ms must be in [0, 10000], got {self.max_wait_ms!r}")
         check(isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0,

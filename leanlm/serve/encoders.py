@@ -1,18 +1,20 @@
 """Encoder endpoints: POST /v1/classify and POST /v1/embeddings (OpenAI shape), dynamically batched.
 
 An item is `(text, n_tokens)`: the handler counts tokens to refuse over-long inputs before they
-queue, and the batch function pads the whole batch once, to its longest text (or to a static
-shape the backend was compiled for, when one fits).
+queue. The batch function sorts a gathered batch by length and splits it where one more forward
+call costs less than the padding it saves (`leanlm.serve.buckets`), padding each part to its own
+longest text; a backend compiled for static shapes gets the whole batch at one fitting shape.
 """
 from __future__ import annotations
 
 import base64
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Request
 
+from leanlm.serve.buckets import partition
 from leanlm.serve.config import ServeConfig
 from leanlm.serve.registry import ServedModel, capability
 from leanlm.serve.schemas import ApiError, ClassifyRequest, EmbeddingRequest, parse
@@ -50,6 +52,17 @@ def encode(model: Any, items: Sequence[Item], limit: int) -> dict[str, torch.Ten
     return model.encode(texts, max_length=limit)
 
 
+def split_run(model: Any, items: Sequence[Item], config: ServeConfig, fn: Callable[[list[Item]], list]) -> list:
+    """`fn` over length-sorted sub-batches of `items`; results back in the items' order."""
+    if config.split_cost_tokens == 0 or getattr(model.runner, "shapes", None) or len(items) < 2:
+        return list(fn(list(items)))
+    out: list[Any] = [None] * len(items)
+    for group in partition([n for _, n in items], config.split_cost_tokens):
+        for i, result in zip(group, fn([items[i] for i in group])):
+            out[i] = result
+    return out
+
+
 # ----------------------------------------------------------------------------- classify
 
 def _warm(model: Any) -> list[Item]:
@@ -65,11 +78,14 @@ def classify_fn(model: Any, config: ServeConfig):
     limit = token_limit(model, config)
     labels = list(model.labels or [])
 
+    def probabilities(items: list[Item]) -> list[list[float]]:
+        return torch.softmax(model(**encode(model, items, limit)).float(), dim=-1).cpu().tolist()  # (B, C)
+
     def run(items: list[Item]) -> list[dict[str, Any]]:
-        probs = torch.softmax(model(**encode(model, items, limit)).float(), dim=-1).cpu()  # (B, C)
-        names = labels if len(labels) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+        rows = split_run(model, items, config, probabilities)
+        names = labels if len(labels) == len(rows[0]) else [str(i) for i in range(len(rows[0]))]
         out = []
-        for row in probs.tolist():
+        for row in rows:
             best = max(range(len(row)), key=row.__getitem__)
             out.append({"label": names[best], "score": row[best],
                         "probabilities": dict(zip(names, row))})
@@ -110,8 +126,11 @@ def embed_fn(model: Any, config: ServeConfig):
 
     limit = token_limit(model, config)
 
-    def run(items: list[Item]) -> list[np.ndarray]:
+    def vectors(items: list[Item]) -> list[np.ndarray]:
         return list(embed(model, [t for t, _ in items], batch_size=len(items), max_length=limit))
+
+    def run(items: list[Item]) -> list[np.ndarray]:
+        return split_run(model, items, config, vectors)
 
     return run
 
