@@ -197,7 +197,7 @@ def offline_rps(model_dir: str, texts: list[str], seconds: float, batch: int = 3
       (`leanlm.serve.buckets`, the default call cost), so the server's own trick raises the reference too;
     - "batch1": batch 1, one stream: batch / batch1 is the most batching can gain on this model and
       machine (HTTP and queueing only add the same cost to both sides);
-    - "streams" (when `streams` > 1): `streams` threads at batch `batch`, each on cores // streams
+    - "streams" (when `streams` > 1): `streams` threads at batch `batch` (split), each on cores // streams
       intra-op threads with its own tokenizer: the offline twin of `--workers N`, so a multi-worker
       server is compared with the best this model does offline, not with a weaker configuration.
     """
@@ -212,18 +212,18 @@ def offline_rps(model_dir: str, texts: list[str], seconds: float, batch: int = 3
     for c in clones:
         c.tokenizer = copy.deepcopy(model.tokenizer)  # a fast tokenizer is not shared between threads
 
-    from leanlm.serve.buckets import partition
     from leanlm.serve.config import ServeConfig
+    from leanlm.serve.encoders import split_run
 
-    lengths = [len(ids) for ids in model.tokenizer(texts)["input_ids"]]
-    cost = ServeConfig().split_cost_tokens
+    items = list(zip(texts, (len(ids) for ids in model.tokenizer(texts)["input_ids"])))
+    split_config, whole_config = ServeConfig(), ServeConfig(split_cost_tokens=0)
 
     def run(m, size: int, span: float, split: bool = False) -> float:
+        config = split_config if split else whole_config
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < span:
-            idx = [(n + k) % len(texts) for k in range(size)]
-            for group in (partition([lengths[i] for i in idx], cost) if split else [range(size)]):
-                m(**m.encode([texts[idx[i]] for i in group]))
+            batch = [items[(n + k) % len(items)] for k in range(size)]
+            split_run(m, batch, config, lambda part: m(**m.encode([t for t, _ in part])))  # the server's own split
             n += size
         return n / (time.perf_counter() - t0)
 

@@ -55,13 +55,12 @@ class ServeConfig(BaseConfig):
     threads: Optional[int] = None
 
     def validate(self) -> None:
-        for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens", "max_texts",
-                     "max_new_tokens"):
+        at_least = {name: 1 for name in ("max_batch", "max_batch_tokens", "max_queue", "max_body_bytes", "max_tokens",
+                                         "max_texts", "max_new_tokens")} | {"split_cost_tokens": 0}
+        for name, low in at_least.items():
             value = getattr(self, name)
-            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
-                  f"{name} must be an integer >= 1, got {value!r}")
-        check(isinstance(self.split_cost_tokens, int) and not isinstance(self.split_cost_tokens, bool)
-              and self.split_cost_tokens >= 0, f"split_cost_tokens must be an integer >= 0, got {self.split_cost_tokens!r}")
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+                  f"{name} must be an integer >= {low}, got {value!r}")
         check(isinstance(self.max_wait_ms, (int, float)) and 0 <= self.max_wait_ms <= 10_000,
               f"max_wait_ms must be in [0, 10000], got {self.max_wait_ms!r}")
         check(isinstance(self.timeout_s, (int, float)) and self.timeout_s > 0,
